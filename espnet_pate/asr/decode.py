@@ -1,0 +1,42 @@
+"""Decoding Kaldi directories with ESPnet's stock transducer `Speech2Text`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import soundfile
+import torch
+import yaml
+
+from espnet_pate.data.kaldi_dir import read_table
+
+MODEL_FILE = "valid.loss.ave.pth"
+
+
+def load_speech2text(model_dir: os.PathLike | str, decode_config: Optional[os.PathLike | str] = None,
+                     device: str = "cpu", model_file: str = MODEL_FILE):
+    """The stock Speech2Text for a model trained by this recipe (`model_dir/config.yaml` + checkpoint)."""
+    from espnet2.bin.asr_transducer_inference import Speech2Text
+
+    options: Dict = {}
+    if decode_config is not None:
+        options = yaml.safe_load(Path(decode_config).read_text()) or {}
+    model_dir = Path(model_dir)
+    return Speech2Text(asr_train_config=str(model_dir / "config.yaml"), asr_model_file=str(model_dir / model_file),
+                       device=device, **options)
+
+
+def decode_wav_scp(speech2text, wav_scp: Mapping[str, str]) -> Dict[str, str]:
+    """Best hypothesis per utterance (empty string where the model emits nothing)."""
+    hyps: Dict[str, str] = {}
+    with torch.inference_mode():
+        for utt, path in wav_scp.items():
+            speech, _ = soundfile.read(path, dtype="float32")
+            nbest = speech2text(speech)
+            hyps[utt] = speech2text.hypotheses_to_results(nbest)[0][0] if nbest else ""
+    return hyps
+
+
+def decode_data_dir(speech2text, data_dir: os.PathLike | str) -> Dict[str, str]:
+    return decode_wav_scp(speech2text, read_table(Path(data_dir) / "wav.scp"))

@@ -1,0 +1,15 @@
+"""ESPnet transducer training with torchaudio's RNN-T loss.
+
+Same options as `python -m espnet2.bin.asr_transducer_train` (see `--help`); use it in its place:
+
+    python -m espnet_pate.bin.asr_transducer_train --config conf/train_pretrain.yaml --output_dir exp/pretrain ...
+"""
+from espnet_pate.asr.transducer_task import PateASRTransducerTask
+
+
+def main(cmd=None):
+    PateASRTransducerTask.main(cmd=cmd)
+
+
+if __name__ == "__main__":
+    main()

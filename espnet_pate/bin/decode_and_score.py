@@ -1,0 +1,73 @@
+"""Stage 7: decode dev/test with ESPnet's stock Speech2Text for every system, score WER with jiwer, and write
+`exp/<system>/RESULTS.md` and the top-level results table.
+
+    python -m espnet_pate.bin.decode_and_score --decode-config conf/decode_transducer.yaml --data-dir data \
+        --sets dev test --results RESULTS.md exp/public_only exp/teachers_top_k10/teacher_0 ...
+
+A system's decoding of a set is kept in `exp/<system>/decode_<config>/<set>/{text,score.json}` and reused while
+it is newer than the model, so a rerun only decodes what changed.
+"""
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from espnet_pate.asr.decode import MODEL_FILE, decode_data_dir, load_speech2text
+from espnet_pate.data.kaldi_dir import read_table, write_table
+from espnet_pate.report.results import read_privacy_info, relative_to_dpsgd, summary_md, system_results_md
+from espnet_pate.report.scoring import score_wer
+
+
+def score_system(system_dir: Path, decode_config: Path, data_dir: Path, sets, device: str):
+    model = system_dir / MODEL_FILE
+    speech2text = None
+    scores = {}
+    for name in sets:
+        out = system_dir / f"decode_{decode_config.stem}" / name
+        score_file = out / "score.json"
+        if score_file.exists() and score_file.stat().st_mtime >= model.stat().st_mtime:
+            scores[name] = json.loads(score_file.read_text())
+            continue
+        if speech2text is None:
+            speech2text = load_speech2text(system_dir, decode_config, device=device)
+        hyps = decode_data_dir(speech2text, data_dir / name)
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(out / "text", hyps.items())
+        result = score_wer(read_table(data_dir / name / "text", allow_empty_value=True), hyps).as_dict()
+        score_file.write_text(json.dumps(result, indent=1) + "\n")
+        scores[name] = result
+        logging.info("%s %s: WER %.2f%%", system_dir, name, result["wer"])
+    return scores
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("systems", nargs="+", help="experiment directories holding config.yaml and " + MODEL_FILE)
+    p.add_argument("--decode-config", required=True)
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--sets", nargs="+", default=["dev", "test"])
+    p.add_argument("--results", default="RESULTS.md", help="the top-level table to write")
+    p.add_argument("--exp-root", default=None, help="system names are shown relative to this (default: common parent)")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
+    command = " ".join(shlex.quote(x) for x in ["python", "-m", "espnet_pate.bin.decode_and_score",
+                                                *(sys.argv[1:] if argv is None else argv)])
+    decode_config, data_dir = Path(a.decode_config), Path(a.data_dir)
+    rows = []
+    for system in a.systems:
+        system_dir = Path(system)
+        scores = score_system(system_dir, decode_config, data_dir, a.sets, a.device)
+        name = system_dir.name if a.exp_root is None else str(system_dir.relative_to(a.exp_root))
+        (system_dir / "RESULTS.md").write_text(system_results_md(name, scores, command, str(decode_config)))
+        rows.append({"system": name, "scores": scores, "privacy": read_privacy_info(system_dir)})
+    relative_to_dpsgd(rows)
+    table = summary_md(rows, command)
+    Path(a.results).write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

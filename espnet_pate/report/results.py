@@ -1,0 +1,74 @@
+"""Results tables: `exp/<system>/RESULTS.md` per system and the recipe's top-level `RESULTS.md`.
+
+A system's privacy facts come from `exp/<system>/privacy.json` (written by the stage that trained it):
+epsilon, delta, unit, mechanism, accountant, data_dependent, and for PATE students the pseudo-label WER and
+labelled fraction. A system without it is reported as not released (a teacher) with no privacy claim.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+PRIVACY_FILE = "privacy.json"
+
+
+def write_privacy_info(system_dir: os.PathLike | str, **fields) -> None:
+    path = Path(system_dir) / PRIVACY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields, indent=1, sort_keys=True) + "\n")
+
+
+def read_privacy_info(system_dir: os.PathLike | str) -> Dict:
+    path = Path(system_dir) / PRIVACY_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _fmt_eps(eps) -> str:
+    if eps is None:
+        return "-"
+    if isinstance(eps, str):
+        return eps
+    return "inf" if math.isinf(eps) else f"{eps:.3g}"
+
+
+def system_results_md(system: str, scores: Mapping[str, Mapping], command: str, decode_config: str) -> str:
+    lines = [f"# {system}", "", f"Decoding: ESPnet `Speech2Text` with `{decode_config}`.", "",
+             "| set | WER % | sub | del | ins | words | utts |", "|---|---|---|---|---|---|---|"]
+    for name, s in scores.items():
+        lines.append(f"| {name} | {s['wer']:.2f} | {s['substitutions']} | {s['deletions']} | {s['insertions']} "
+                     f"| {s['ref_words']} | {s['utterances']} |")
+    lines += ["", "Command:", "", "```sh", command, "```", ""]
+    return "\n".join(lines)
+
+
+def summary_md(rows: List[Dict], command: str) -> str:
+    """The recipe's table: one row per system and budget."""
+    sets = sorted({s for r in rows for s in r["scores"]}, key=lambda s: (s != "dev", s))
+    head = ["system", "epsilon", "delta", "unit", *[f"WER {s} %" for s in sets], "pseudo-label WER %",
+            "labelled", "vs DP-SGD (test)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        p = r["privacy"]
+        cells = [r["system"], _fmt_eps(p.get("epsilon")), _fmt_eps(p.get("delta")), p.get("unit", "-")]
+        cells += [f"{r['scores'][s]['wer']:.2f}" if s in r["scores"] else "-" for s in sets]
+        plw = p.get("pseudo_label_wer")
+        cells.append("-" if plw is None else f"{plw:.2f}")
+        frac = p.get("labelled_fraction")
+        cells.append("-" if frac is None else f"{100 * frac:.0f}%")
+        cells.append(r.get("vs_dpsgd", "-"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(["# Results", "", *lines, "", "Command:", "", "```sh", command, "```", ""])
+
+
+def relative_to_dpsgd(rows: List[Dict], set_name: str = "test") -> None:
+    """Fill `vs_dpsgd`: relative WER change of each private system against DP-SGD at the same epsilon."""
+    dpsgd = {r["privacy"].get("epsilon"): r["scores"][set_name]["wer"] for r in rows
+             if r["privacy"].get("mechanism") == "dpsgd" and set_name in r["scores"]}
+    for r in rows:
+        eps = r["privacy"].get("epsilon")
+        base: Optional[float] = dpsgd.get(eps)
+        if base and r["privacy"].get("mechanism") not in (None, "dpsgd") and set_name in r["scores"]:
+            r["vs_dpsgd"] = f"{100 * (r['scores'][set_name]['wer'] - base) / base:+.1f}%"

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# espnet-pate recipe for the embedded synthetic corpus: differentially private RNN-T with PATE and DP-SGD.
+#
+# Usage: ./run.sh [options]                 (every option below; --help prints this block)
+#   ./run.sh                                 # the default experiment, stages 1-7
+#   ./run.sh --stage 3 --stop-stage 6        # from teacher training to the baselines
+#   ./run.sh --debug true                    # tiny corpus and short training (what CI runs), a few minutes
+# Stages:
+#   1  data preparation (local/data.sh): the synthetic corpus as Kaldi directories
+#   2  validation of every directory; tokenizer and feature statistics from public data only
+#   3  public pretraining, partition of the sensitive data, one teacher per partition
+#   4  noisy ensemble decoding of public_unlabeled into pseudo-transcripts (PATE)
+#   5  student training on pseudo-transcripts (or on --student_text)
+#   6  baselines: non-private fine-tune on sensitive (DP-SGD comes with its own stage options)
+#   7  decoding and scoring of every system on dev and test: exp/*/RESULTS.md and RESULTS.md
+# A finished step leaves a .done marker; a rerun skips it. Every long step prints its exact command and logs
+# under exp/. Options:
+#   --stage N --stop-stage N   stages to run (default 1 and 7)
+#   --debug true|false         use conf/*_debug.yaml (default false)
+#   --nj N                     parallel jobs, e.g. teachers trained at once (default 2)
+#   --ngpu N                   GPUs per training job (default 0)
+#   --num_teachers K           teachers (default 10; debug 4)
+#   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default top)
+#   --partition_unit U         speaker | utterance (default speaker)
+#   --nbpe N                   sentencepiece vocabulary size (default 100)
+#   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
+#   --datadir --dumpdir --expdir   output folders (default data dump exp)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+stage=1
+stop_stage=7
+debug=false
+nj=2
+ngpu=0
+num_teachers=""
+teacher_trainable=top
+partition_unit=speaker
+nbpe=100
+student_text=""
+datadir=data
+dumpdir=dump
+expdir=exp
+help_message=$(sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//')
+
+. ./utils/parse_options.sh
+. ./path.sh
+. ./cmd.sh
+
+sfx=""; $debug && sfx=_debug
+[ -n "$num_teachers" ] || { $debug && num_teachers=4 || num_teachers=10; }
+python=python
+log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
+# Runs "$@" unless marker $1 exists; prints the command first so it can be copied and rerun by hand.
+run_step() {
+  local done_marker=$1; shift
+  if [ -f "$done_marker" ]; then log "skip (done: $done_marker)"; return 0; fi
+  log "run: $*"
+  "$@"
+  mkdir -p "$(dirname "$done_marker")"; touch "$done_marker"
+}
+
+token_dir=${dumpdir}/token_list/bpe_unigram${nbpe}
+bpemodel=${token_dir}/bpe.model
+token_list=${token_dir}/tokens.txt
+stats_dir=${expdir}/asr_stats_public
+shape_dir=${dumpdir}/shapes
+decode_config=conf/decode_transducer.yaml
+all_sets="public_labeled sensitive public_unlabeled public_unlabeled_diff dev test"
+
+train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --nbpe $nbpe --ngpu $ngpu"
+# train_asr OUTDIR CONFIG TRAIN_DIR [--init_param PTH]: one model, logged to OUTDIR/train.log.
+train_asr() {
+  local outdir=$1 config=$2 train=$3; shift 3
+  log "train ${outdir}: local/train_asr.sh --outdir $outdir --config $config --train $train $* $train_opts"
+  ${train_cmd} "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" "$@" $train_opts
+}
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  log "Stage 1: data preparation (conf/corpus${sfx}.yaml)"
+  local/data.sh --config "conf/corpus${sfx}.yaml" --out "$datadir"
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  log "Stage 2: validation; tokenizer and feature statistics from public_labeled only"
+  for s in $all_sets; do
+    no_text=""; [[ $s == public_unlabeled* ]] && no_text=--no-text
+    ${python} -m espnet_pate.bin.validate_data_dir "${datadir}/${s}" --sample-rate 16000 $no_text
+  done
+  mkdir -p "$token_dir"
+  run_step "${token_dir}/.done" ${python} -m espnet_pate.bin.train_tokenizer \
+    --text "${datadir}/public_labeled/text" --vocab-size "$nbpe" --out-dir "$token_dir"
+  for s in $all_sets; do
+    run_step "${shape_dir}/${s}/.done" ${python} -m espnet_pate.bin.make_shape_file "${datadir}/${s}" "${shape_dir}/${s}/speech_shape"
+  done
+  # Feature statistics (global MVN) from public_labeled alone: statistics of sensitive audio would leak it.
+  run_step "${stats_dir}/.done" ${train_cmd} "${stats_dir}/collect_stats.log" \
+    ${python} -m espnet_pate.bin.asr_transducer_train --collect_stats true \
+      --config "conf/train_pretrain${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
+      --token_type bpe --bpemodel "$bpemodel" --token_list "$token_list" \
+      --train_data_path_and_name_and_type "${datadir}/public_labeled/wav.scp,speech,sound" \
+      --train_data_path_and_name_and_type "${datadir}/public_labeled/text,text,text" \
+      --train_shape_file "${shape_dir}/public_labeled/speech_shape" \
+      --valid_data_path_and_name_and_type "${datadir}/public_labeled/wav.scp,speech,sound" \
+      --valid_data_path_and_name_and_type "${datadir}/public_labeled/text,text,text" \
+      --valid_shape_file "${shape_dir}/public_labeled/speech_shape"
+fi
+
+shards_dir=${datadir}/sensitive_${partition_unit}_k${num_teachers}
+teachers_dir=${expdir}/teachers_${teacher_trainable}_k${num_teachers}
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  log "Stage 3: public pretraining, partition, ${num_teachers} teachers (trainable: ${teacher_trainable})"
+  train_asr "${expdir}/public_only" "conf/train_pretrain${sfx}.yaml" "${datadir}/public_labeled"
+  ${python} -m espnet_pate.bin.partition_data_dir "${datadir}/sensitive" "$shards_dir" \
+    --num-shards "$num_teachers" --unit "$partition_unit"
+  # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
+  log "teachers: ${teachers_dir}/teacher_{0..$((num_teachers - 1))} (logs: ${teachers_dir}/log/)"
+  ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${teachers_dir}/log/teacher.JOB.log" \
+    local/train_asr.sh --outdir "${teachers_dir}/teacher_JOB" --config "conf/train_teacher_${teacher_trainable}${sfx}.yaml" \
+      --train "${shards_dir}/shard_JOB" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+fi
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  log "Stage 5: student training"
+  if [ -n "$student_text" ]; then
+    student_data=${datadir}/student_$(basename "$(dirname "$student_text")")
+    ${python} -m espnet_pate.bin.make_student_data "${datadir}/public_unlabeled" "$student_text" "$student_data"
+    train_asr "${expdir}/student_$(basename "$student_data")" "conf/train_student${sfx}.yaml" "$student_data" \
+      --init_param "${expdir}/public_only/valid.loss.ave.pth"
+  else
+    log "no pseudo-transcripts yet (stage 4 comes with PATE); pass --student_text to train on a transcript"
+  fi
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  log "Stage 6: baselines: non-private fine-tune on all of sensitive (epsilon infinite)"
+  train_asr "${expdir}/nonprivate" "conf/train_teacher_full${sfx}.yaml" "${datadir}/sensitive" \
+    --init_param "${expdir}/public_only/valid.loss.ave.pth"
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  log "Stage 7: decoding and scoring on dev and test"
+  systems=$(find "$expdir" -mindepth 1 -maxdepth 3 -name valid.loss.ave.pth -printf '%h\n' | sort)
+  log "run: ${python} -m espnet_pate.bin.decode_and_score --decode-config $decode_config --data-dir $datadir --sets dev test --results RESULTS.md" $systems
+  ${python} -m espnet_pate.bin.decode_and_score \
+    --decode-config "$decode_config" --data-dir "$datadir" --sets dev test --results RESULTS.md $systems
+fi
+log "Finished stages ${stage}-${stop_stage}"
