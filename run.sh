@@ -24,6 +24,7 @@
 #   --partition_unit U         speaker | utterance (default speaker)
 #   --nbpe N                   sentencepiece vocabulary size (default 100)
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
+#   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
 #   --datadir --dumpdir --expdir   output folders (default data dump exp)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,6 +39,7 @@ teacher_trainable=top
 partition_unit=speaker
 nbpe=100
 student_text=""
+results=""
 datadir=data
 dumpdir=dump
 expdir=exp
@@ -72,6 +74,7 @@ train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --nbpe $nbpe 
 # train_asr OUTDIR CONFIG TRAIN_DIR [--init_param PTH]: one model, logged to OUTDIR/train.log.
 train_asr() {
   local outdir=$1 config=$2 train=$3; shift 3
+  [ -f "${outdir}/.done" ] && { log "skip (done: ${outdir}/.done)"; return 0; }
   log "train ${outdir}: local/train_asr.sh --outdir $outdir --config $config --train $train $* $train_opts"
   ${train_cmd} "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" "$@" $train_opts
 }
@@ -93,7 +96,8 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   for s in $all_sets; do
     run_step "${shape_dir}/${s}/.done" ${python} -m espnet_pate.bin.make_shape_file "${datadir}/${s}" "${shape_dir}/${s}/speech_shape"
   done
-  # Feature statistics (global MVN) from public_labeled alone: statistics of sensitive audio would leak it.
+  # Feature statistics (global MVN) from public_labeled alone (train/feats_stats.npz): statistics of sensitive
+  # audio would leak it. ESPnet also needs a validation set here; its statistics are not used.
   run_step "${stats_dir}/.done" ${train_cmd} "${stats_dir}/collect_stats.log" \
     ${python} -m espnet_pate.bin.asr_transducer_train --collect_stats true \
       --config "conf/train_pretrain${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
@@ -101,9 +105,9 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
       --train_data_path_and_name_and_type "${datadir}/public_labeled/wav.scp,speech,sound" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/text,text,text" \
       --train_shape_file "${shape_dir}/public_labeled/speech_shape" \
-      --valid_data_path_and_name_and_type "${datadir}/public_labeled/wav.scp,speech,sound" \
-      --valid_data_path_and_name_and_type "${datadir}/public_labeled/text,text,text" \
-      --valid_shape_file "${shape_dir}/public_labeled/speech_shape"
+      --valid_data_path_and_name_and_type "${datadir}/dev/wav.scp,speech,sound" \
+      --valid_data_path_and_name_and_type "${datadir}/dev/text,text,text" \
+      --valid_shape_file "${shape_dir}/dev/speech_shape"
 fi
 
 shards_dir=${datadir}/sensitive_${partition_unit}_k${num_teachers}
@@ -111,6 +115,8 @@ teachers_dir=${expdir}/teachers_${teacher_trainable}_k${num_teachers}
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: public pretraining, partition, ${num_teachers} teachers (trainable: ${teacher_trainable})"
   train_asr "${expdir}/public_only" "conf/train_pretrain${sfx}.yaml" "${datadir}/public_labeled"
+  ${python} -m espnet_pate.bin.privacy_info "${expdir}/public_only" --epsilon 0 --delta 0 --mechanism public_only \
+    --note "trained on public_labeled only"
   ${python} -m espnet_pate.bin.partition_data_dir "${datadir}/sensitive" "$shards_dir" \
     --num-shards "$num_teachers" --unit "$partition_unit"
   # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
@@ -118,6 +124,10 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${teachers_dir}/log/teacher.JOB.log" \
     local/train_asr.sh --outdir "${teachers_dir}/teacher_JOB" --config "conf/train_teacher_${teacher_trainable}${sfx}.yaml" \
       --train "${shards_dir}/shard_JOB" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+  for ((k = 0; k < num_teachers; k++)); do
+    ${python} -m espnet_pate.bin.privacy_info "${teachers_dir}/teacher_${k}" --mechanism teacher \
+      --note "trained without DP on one shard of sensitive: never released"
+  done
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
@@ -136,13 +146,17 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "Stage 6: baselines: non-private fine-tune on all of sensitive (epsilon infinite)"
   train_asr "${expdir}/nonprivate" "conf/train_teacher_full${sfx}.yaml" "${datadir}/sensitive" \
     --init_param "${expdir}/public_only/valid.loss.ave.pth"
+  ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
+    --unit utterance --note "fine-tuned on all of sensitive without DP"
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   log "Stage 7: decoding and scoring on dev and test"
   systems=$(find "$expdir" -mindepth 1 -maxdepth 3 -name valid.loss.ave.pth -printf '%h\n' | sort)
-  log "run: ${python} -m espnet_pate.bin.decode_and_score --decode-config $decode_config --data-dir $datadir --sets dev test --results RESULTS.md" $systems
-  ${python} -m espnet_pate.bin.decode_and_score \
-    --decode-config "$decode_config" --data-dir "$datadir" --sets dev test --results RESULTS.md $systems
+  [ -n "$results" ] || { $debug && results=${expdir}/RESULTS.md || results=RESULTS.md; }
+  cmd=(${python} -m espnet_pate.bin.decode_and_score --decode-config "$decode_config" --data-dir "$datadir"
+       --sets dev test --exp-root "$expdir" --results "$results" $systems)
+  log "run: ${cmd[*]}"
+  "${cmd[@]}"
 fi
 log "Finished stages ${stage}-${stop_stage}"

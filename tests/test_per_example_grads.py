@@ -8,7 +8,6 @@ asserted below so the test keeps its teeth.  Tiny models: the first ``import esp
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 

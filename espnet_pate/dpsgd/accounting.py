@@ -21,7 +21,7 @@ and each speaker's summed gradient is clipped); the figures are data-independent
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import dp_accounting
 from dp_accounting import mechanism_calibration

@@ -19,6 +19,12 @@ depends on the rest of the batch).  Two exact methods:
 * ``method="loop"``: one forward/backward of the model's own ``forward`` (its ``criterion_transducer``) per unit on
   that unit's examples only.  Works for any configuration ``make_dp_exact`` accepts, including auxiliary losses.
 
+Measured (CPU, 1 thread, process CPU time, 2026-11-28; /tmp bench, min of 3): 1.43M-parameter model of
+../shared/ENVIRONMENT.md, batch 16 of 1.5-4 s, 10-35 tokens, V=102: a normal step (forward+backward) 0.95 s stock /
+0.81 s with make_dp_exact; vmap 0.90 s; loop 0.92 s (about 1.1x the fixed model's normal step).
+297k-parameter model, batch 8: normal 0.17 s stock / 0.15 s fixed; vmap 0.23 s (1.5x); loop 0.36 s (2.4x).
+``chunk_size=4`` was slower in both.  Both methods agree with the example-alone gradient to ~1e-6 relative.
+
 Typical use in a training step::
 
     engine = PerExampleGradients(model)                       # after make_dp_exact(model)
@@ -30,7 +36,6 @@ Typical use in a training step::
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple

@@ -1,0 +1,351 @@
+"""K teachers held as one ensemble: the part they share runs once, the rest runs batched over teachers.
+
+Teachers are fine-tuned from one public model with part of it frozen (conf/train_teacher_{full,top,head}.yaml),
+so many tensors are bitwise identical across teachers. ``TeacherEnsemble`` compares every tensor of every
+teacher with teacher 0's and keeps:
+
+* one copy of each identical tensor (an ``expand``-ed view stands in for its K copies: no memory);
+* a stacked [K, ...] tensor for each teacher-specific one.
+
+The encoder is a pipeline of stages (``encoder.embed``, ``encoder.encoders.blocks.<i>``,
+``encoder.encoders.norm_blocks``; frontend and feature normalisation before them). The leading stages whose
+tensors are all identical form the shared prefix: they run once per utterance on teacher 0's modules. From the
+first teacher-specific stage on, every stage runs for all K teachers at once (``torch.func.vmap`` over
+``functional_call`` with the stacked tensors). The decoder (``StackedRNNDecoder``) and the joint network
+(``StackedJoint``) are batched by hand: one ``bmm`` per projection for all teachers.
+
+BatchNorm's ``num_batches_tracked`` counter is not compared (unused in eval mode). Its running statistics are:
+a "frozen" block trained in train mode still updates them, which makes it teacher-specific here.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "valid.loss.ave.pth"
+CONFIG_FILE = "config.yaml"
+_IGNORED = ("num_batches_tracked",)
+
+
+def teacher_dirs_in(path: os.PathLike | str) -> List[Path]:
+    """``path/teacher_0 .. teacher_{K-1}`` (numeric order); each must hold config.yaml and the checkpoint."""
+    path = Path(path)
+    found = sorted((p for p in path.glob("teacher_*") if p.is_dir() and p.name[8:].isdigit()),
+                   key=lambda p: int(p.name[8:]))
+    if not found:
+        raise FileNotFoundError(f"{path}: no teacher_<k> directories")
+    if [int(p.name[8:]) for p in found] != list(range(len(found))):
+        raise FileNotFoundError(f"{path}: teacher directories are not numbered 0..K-1: {[p.name for p in found]}")
+    return found
+
+
+def file_sha256(path: os.PathLike | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(model_dir: os.PathLike | str, device: str = "cpu", model_file: str = MODEL_FILE):
+    """(model in eval mode, train args) of one experiment directory, by ESPnet's own loader."""
+    from espnet2.tasks.asr_transducer import ASRTransducerTask
+
+    model_dir = Path(model_dir)
+    for f in (CONFIG_FILE, model_file):
+        if not (model_dir / f).is_file():
+            raise FileNotFoundError(f"{model_dir / f}: missing (is the teacher trained? see its train.log)")
+    model, args = ASRTransducerTask.build_model_from_file(str(model_dir / CONFIG_FILE), str(model_dir / model_file),
+                                                          device)
+    model.eval()
+    model.encoder.dynamic_chunk_training = False  # as Speech2Text does
+    return model, args
+
+
+# ----------------------------------------------------------------------------------------- stacked modules
+def _stack_or_share(tensors: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, bool]:
+    """[K, ...]: a zero-copy expand of the first tensor when all are that very tensor, else a stack."""
+    first = tensors[0]
+    if all(t is first for t in tensors):
+        return first.unsqueeze(0).expand(len(tensors), *first.shape), True
+    return torch.stack(list(tensors)), False
+
+
+class StackedRNNDecoder:
+    """ESPnet's ``RNNDecoder`` (LSTM or GRU, any number of layers) for K teachers at once.
+
+    ``step(labels [B], state) -> (out [K, B, H], state)`` feeds the same label to every teacher (the released
+    prefix is common); states are ``(h [L, K, B, H], c [L, K, B, H] or None)``. Eval mode: dropout is off.
+    """
+
+    def __init__(self, weights: Dict[str, torch.Tensor], num_layers: int, rnn_type: str, hidden_size: int):
+        if rnn_type not in ("lstm", "gru"):
+            raise NotImplementedError(f"decoder rnn_type {rnn_type!r}")
+        self.rnn_type, self.num_layers, self.hidden_size = rnn_type, num_layers, hidden_size
+        self.embed = weights["embed.weight"]  # [K, V, E]
+        self.layers = []
+        for i in range(num_layers):
+            p = f"rnn.{i}."
+            self.layers.append(tuple(weights[p + n].transpose(1, 2) if "weight" in n else weights[p + n].unsqueeze(1)
+                                     for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")))
+        self.num_teachers = self.embed.shape[0]
+
+    def init_state(self, batch: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        shape = (self.num_layers, self.num_teachers, batch, self.hidden_size)
+        h = self.embed.new_zeros(shape)
+        return h, (h.clone() if self.rnn_type == "lstm" else None)
+
+    def step(self, labels: torch.Tensor, state):
+        x = self.embed[:, labels]  # [K, B, E]
+        h_prev, c_prev = state
+        hs, cs = [], []
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+            gi = torch.baddbmm(b_ih, x, w_ih)
+            gh = torch.baddbmm(b_hh, h_prev[i], w_hh)
+            if self.rnn_type == "lstm":
+                i_g, f_g, g_g, o_g = (gi + gh).chunk(4, dim=-1)
+                c = torch.sigmoid(f_g) * c_prev[i] + torch.sigmoid(i_g) * torch.tanh(g_g)
+                h = torch.sigmoid(o_g) * torch.tanh(c)
+                cs.append(c)
+            else:
+                ir, iz, in_ = gi.chunk(3, dim=-1)
+                hr, hz, hn = gh.chunk(3, dim=-1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                h = (1 - z) * torch.tanh(in_ + r * hn) + z * h_prev[i]
+            hs.append(h)
+            x = h
+        return x, (torch.stack(hs), torch.stack(cs) if cs else None)
+
+    def sequence(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs [K, B, U, H] for label sequences [B, U] (as ``RNNDecoder.forward``)."""
+        state = self.init_state(labels.shape[0])
+        outs = []
+        for u in range(labels.shape[1]):
+            out, state = self.step(labels[:, u], state)
+            outs.append(out)
+        return torch.stack(outs, dim=2)
+
+
+class StackedJoint:
+    """ESPnet's ``JointNetwork`` for K teachers: lin_out(act(lin_enc(enc) + lin_dec(dec)))."""
+
+    def __init__(self, weights: Dict[str, torch.Tensor], activation: torch.nn.Module):
+        self.w_enc, self.b_enc = weights["lin_enc.weight"].transpose(1, 2), weights["lin_enc.bias"]
+        self.w_dec = weights["lin_dec.weight"].transpose(1, 2)
+        self.b_dec = weights.get("lin_dec.bias")
+        self.w_out, self.b_out = weights["lin_out.weight"].transpose(1, 2), weights["lin_out.bias"]
+        self.activation = activation
+
+    @staticmethod
+    def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        # x [K, ..., D_in] -> [K, ..., D_out], one bmm for all teachers
+        k, shape = x.shape[0], x.shape[1:-1]
+        y = torch.bmm(x.reshape(k, -1, x.shape[-1]), w)
+        if b is not None:
+            y = y + b.unsqueeze(1)
+        return y.reshape(k, *shape, w.shape[-1])
+
+    def project_encoder(self, enc: torch.Tensor) -> torch.Tensor:
+        return self._linear(enc, self.w_enc, self.b_enc)
+
+    def project_decoder(self, dec: torch.Tensor) -> torch.Tensor:
+        return self._linear(dec, self.w_dec, self.b_dec)
+
+    def logits(self, enc_proj: torch.Tensor, dec_proj: torch.Tensor) -> torch.Tensor:
+        """[K, ..., V] from projected encoder and decoder outputs of one (broadcast) shape [K, ..., J]."""
+        return self._linear(self.activation(enc_proj + dec_proj), self.w_out, self.b_out)
+
+
+# ------------------------------------------------------------------------------------------------ ensemble
+@dataclass
+class EncoderStage:
+    name: str  # module path in the model, e.g. "encoder.encoders.blocks.1"
+    kind: str  # "embed" | "block" | "norm"
+    shared: bool  # every tensor identical across teachers
+
+
+def _encoder_stages(model) -> List[Tuple[str, str]]:
+    stages = [("encoder.embed", "embed")]
+    stages += [(f"encoder.encoders.blocks.{i}", "block") for i in range(len(model.encoder.encoders.blocks))]
+    stages.append(("encoder.encoders.norm_blocks", "norm"))
+    return stages
+
+
+def _run_stage(module, kind: str, x, mask, pos_enc):
+    if kind == "embed":
+        return module(x, mask)
+    if kind == "block":
+        return module(x, pos_enc, mask, chunk_mask=None)[0], mask
+    return module(x), mask
+
+
+class TeacherEnsemble:
+    """K teachers of one architecture; see the module docstring.
+
+    ``TeacherEnsemble.from_dirs(dirs)`` loads them one at a time (peak memory: the ensemble plus one model).
+    ``encode(speech)`` gives every teacher's encoder output [K, T, D] for one utterance, exactly as ESPnet's
+    ``Speech2Text`` computes it for each teacher alone. ``decoder``/``joint`` score steps for all teachers.
+    """
+
+    def __init__(self, models: Iterable, names: Optional[Sequence[str]] = None, checksums=None):
+        it = iter(models)
+        base = next(it)
+        self.base = base.eval()
+        self.base.encoder.dynamic_chunk_training = False
+        ref = {k: v for k, v in base.state_dict(keep_vars=False).items() if not k.endswith(_IGNORED)}
+        per_key: Dict[str, List[torch.Tensor]] = {k: [v] for k, v in ref.items()}
+        count = 1
+        for model in it:
+            sd = model.state_dict()
+            if set(k for k in sd if not k.endswith(_IGNORED)) != set(ref):
+                raise ValueError(f"teacher {count} has another architecture than teacher 0")
+            for k, v in ref.items():
+                other = sd[k]
+                if other.shape != v.shape:
+                    raise ValueError(f"teacher {count}: {k} has shape {tuple(other.shape)}, teacher 0 {tuple(v.shape)}")
+                per_key[k].append(v if torch.equal(other, v) else other.detach().clone())
+            count += 1
+            del model, sd
+        self.num_teachers = count
+        self.names = list(names) if names is not None else [f"teacher_{k}" for k in range(count)]
+        self.checksums = list(checksums) if checksums is not None else None
+        self.train_args = None  # set by from_dirs: teacher 0's training options (token type, bpe model)
+        self.identical = {k: all(t is ts[0] for t in ts) for k, ts in per_key.items()}
+
+        for prefix in ("frontend.", "normalize."):
+            differing = [k for k in per_key if k.startswith(prefix) and not self.identical[k]]
+            if differing:
+                raise NotImplementedError(f"teachers differ in their {prefix[:-1]} ({differing[:3]}): the features "
+                                          "must come from one public frontend and public statistics")
+        self.stages: List[EncoderStage] = []
+        for name, kind in _encoder_stages(base):
+            keys = [k for k in per_key if k.startswith(name + ".")]
+            self.stages.append(EncoderStage(name, kind, all(self.identical[k] for k in keys)))
+        n_shared = next((i for i, s in enumerate(self.stages) if not s.shared), len(self.stages))
+        self.shared_stages, self.teacher_stages = self.stages[:n_shared], self.stages[n_shared:]
+
+        def stacked(prefix: str) -> Dict[str, torch.Tensor]:
+            return {k[len(prefix):]: _stack_or_share(ts)[0] for k, ts in per_key.items() if k.startswith(prefix)}
+
+        self._stage_weights = {s.name: stacked(s.name + ".") for s in self.teacher_stages}
+        self._stage_modules = {s.name: base.get_submodule(s.name) for s in self.stages}
+        self._per_key = per_key  # for memory_report; tensors are shared, not copied
+
+        dec = base.decoder
+        if type(dec).__name__ != "RNNDecoder":
+            raise NotImplementedError(f"lock-step decoding supports ESPnet's RNNDecoder, not {type(dec).__name__}")
+        self.decoder = StackedRNNDecoder(stacked("decoder."), dec.dlayers, dec.dtype, dec.output_size)
+        act = base.joint_network.joint_activation
+        if any(True for _ in act.parameters()):
+            raise NotImplementedError("joint activations with parameters are not supported")
+        self.joint = StackedJoint(stacked("joint_network."), act)
+        self.token_list = list(base.token_list)
+        self.vocab_size = base.vocab_size
+        self.blank_id = 0  # ESPnet transducers: blank is id 0 (BeamSearchTransducer reads logp[0])
+        self.subsampling_factor = base.encoder.embed.subsampling_factor
+
+    @classmethod
+    def from_dirs(cls, dirs: Sequence[os.PathLike | str], device: str = "cpu",
+                  model_file: str = MODEL_FILE) -> "TeacherEnsemble":
+        dirs = [Path(d) for d in dirs]
+        if not dirs:
+            raise ValueError("no teachers")
+        args = []
+
+        def models():
+            for d in dirs:
+                model, train_args = load_model(d, device, model_file)
+                args.append(train_args)
+                yield model
+
+        sums = [file_sha256(d / model_file) for d in dirs]
+        ens = cls(models(), names=[str(d) for d in dirs], checksums=sums)
+        ens.train_args = args[0]
+        return ens
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    # -------------------------------------------------------------------------------------------- encoder
+    @torch.no_grad()
+    def features(self, speech) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Frontend and normalisation of one utterance, as ``Speech2Text.__call__``: ([1, T, F], [1])."""
+        speech = torch.as_tensor(np.asarray(speech, dtype=np.float32)).to(self.device)
+        speech = speech.reshape(1, -1)
+        lengths = torch.full((1,), speech.shape[1], dtype=torch.long, device=self.device)
+        feats, feats_len = self.base._extract_feats(speech, lengths)
+        if self.base.normalize is not None:
+            feats, feats_len = self.base.normalize(feats, feats_len)
+        return feats, feats_len
+
+    def too_short(self, num_feature_frames: int) -> bool:
+        from espnet2.asr_transducer.utils import check_short_utt
+
+        return check_short_utt(self.subsampling_factor, num_feature_frames)[0]
+
+    @torch.no_grad()
+    def encode(self, speech) -> torch.Tensor:
+        """Encoder outputs [K, T, D] of one utterance (raises ``TooShortUttError`` like ESPnet's encoder)."""
+        from espnet2.asr_transducer.utils import TooShortUttError, make_source_mask
+
+        x, x_len = self.features(speech)
+        if self.too_short(x.shape[1]):
+            raise TooShortUttError(f"{x.shape[1]} feature frames are too short for subsampling", x.shape[1], 7)
+        mask = make_source_mask(x_len)
+        pos_enc = None
+        for stage in self.shared_stages:
+            x, mask = _run_stage(self._stage_modules[stage.name], stage.kind, x, mask, pos_enc)
+            if stage.kind == "embed":
+                pos_enc = self.base.encoder.pos_enc(x)
+        x = x.expand(self.num_teachers, *x.shape)  # [K, 1, T, D]; a view, no copy
+        for stage in self.teacher_stages:
+            module = self._stage_modules[stage.name]
+
+            def one(weights, xi, _m=module, _kind=stage.kind, _mask=mask, _pos=pos_enc):
+                return _run_stage_functional(_m, _kind, weights, xi, _mask, _pos)
+
+            x = torch.func.vmap(one)(self._stage_weights[stage.name], x)
+            if stage.kind == "embed":
+                mask = mask[:, : x.shape[2]]  # the input block subsamples the mask by truncation (ConvInput)
+                pos_enc = self.base.encoder.pos_enc(x[0])
+        return x[:, 0]
+
+    # --------------------------------------------------------------------------------------------- memory
+    def memory_report(self) -> Dict[str, int]:
+        """Bytes held: shared tensors once, teacher-specific ones K times; and what K full models would hold."""
+        shared = specific = 0
+        for k, ts in self._per_key.items():
+            size = ts[0].numel() * ts[0].element_size()
+            if self.identical[k]:
+                shared += size
+            else:
+                specific += size * self.num_teachers
+        full = sum(ts[0].numel() * ts[0].element_size() for ts in self._per_key.values()) * self.num_teachers
+        return {"shared_bytes": shared, "teacher_specific_bytes": specific, "total_bytes": shared + specific,
+                "k_full_models_bytes": full}
+
+    def describe(self) -> Dict:
+        return {"num_teachers": self.num_teachers, "teachers": self.names,
+                "shared_stages": [s.name for s in self.shared_stages],
+                "teacher_stages": [s.name for s in self.teacher_stages],
+                "shared_tensors": int(sum(self.identical.values())), "tensors": len(self.identical),
+                **self.memory_report()}
+
+
+def _run_stage_functional(module, kind, weights, x, mask, pos_enc):
+    """One stage with one teacher's tensors (called under vmap over teachers)."""
+    if kind == "embed":
+        return torch.func.functional_call(module, weights, (x, mask))[0]
+    if kind == "block":
+        return torch.func.functional_call(module, weights, (x, pos_enc, mask), {"chunk_mask": None})[0]
+    return torch.func.functional_call(module, weights, (x,))

@@ -1,0 +1,25 @@
+"""Configs in conf/: every fine-tune starts from the public model, so its architecture must equal the pretrain's."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+ARCH_KEYS = ("frontend", "frontend_conf", "encoder_conf", "decoder", "decoder_conf", "joint_network_conf")
+
+
+def finetune_configs():
+    return sorted(p for p in CONF.glob("train_*.yaml") if not p.name.startswith("train_pretrain"))
+
+
+@pytest.mark.parametrize("path", finetune_configs(), ids=lambda p: p.name)
+def test_architecture_matches_pretrain(path):
+    pretrain = CONF / ("train_pretrain_debug.yaml" if path.stem.endswith("_debug") else "train_pretrain.yaml")
+    base, conf = yaml.safe_load(pretrain.read_text()), yaml.safe_load(path.read_text())
+    for key in ARCH_KEYS:
+        assert conf.get(key) == base.get(key), f"{path.name}: {key} differs from {pretrain.name}"
+
+
+def test_every_teacher_choice_has_both_variants():
+    for part in ("full", "top", "head"):
+        assert (CONF / f"train_teacher_{part}.yaml").exists() and (CONF / f"train_teacher_{part}_debug.yaml").exists()

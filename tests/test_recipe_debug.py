@@ -1,0 +1,96 @@
+"""The debug configuration of the recipe end to end: real synthesis, ESPnet training and decoding.
+
+Runs `./run.sh --debug true` once into a temporary folder (a few minutes), then checks what a user would read.
+"""
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_TEACHERS = 4
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    work = tmp_path_factory.mktemp("recipe")
+    dirs = {"datadir": work / "data", "dumpdir": work / "dump", "expdir": work / "exp"}
+    args = [str(ROOT / "run.sh"), "--debug", "true", "--stage", "1", "--stop-stage", "7",
+            "--num_teachers", str(NUM_TEACHERS)]
+    for name, path in dirs.items():
+        args += [f"--{name}", str(path)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=3000)
+    (work / "run.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, f"run.sh failed; end of its output:\n{(proc.stdout + proc.stderr)[-5000:]}"
+    return {**dirs, "args": args, "log": proc.stdout}
+
+
+def wer(system_dir: Path, set_name: str) -> float:
+    return json.loads((system_dir / "decode_decode_transducer" / set_name / "score.json").read_text())["wer"]
+
+
+def untrained_wer(recipe, set_name: str) -> float:
+    """WER of the same architecture before any training, decoded the same way."""
+    from espnet_pate.asr.decode import decode_data_dir, load_speech2text
+    from espnet_pate.data.kaldi_dir import read_table
+    from espnet_pate.report.scoring import score_wer
+
+    trained = recipe["expdir"] / "public_only"
+    untrained = trained.parent / "untrained"
+    untrained.mkdir(exist_ok=True)
+    (untrained / "config.yaml").write_text((trained / "config.yaml").read_text())
+    from espnet_pate.asr.transducer_task import PateASRTransducerTask
+
+    model, _ = PateASRTransducerTask.build_model_from_file(untrained / "config.yaml", None, "cpu")
+    torch.save(model.state_dict(), untrained / "valid.loss.ave.pth")
+    hyps = decode_data_dir(load_speech2text(untrained, ROOT / "conf/decode_transducer.yaml"),
+                           recipe["datadir"] / set_name)
+    return score_wer(read_table(recipe["datadir"] / set_name / "text"), hyps).wer
+
+
+def test_stages_leave_done_markers(recipe):
+    exp = recipe["expdir"]
+    assert (exp / "public_only" / ".done").exists()
+    teachers = sorted((exp / f"teachers_top_k{NUM_TEACHERS}").glob("teacher_*"))
+    assert len(teachers) == NUM_TEACHERS and all((t / ".done").exists() for t in teachers)
+
+
+def test_training_beats_untrained_model(recipe):
+    exp = recipe["expdir"]
+    before = untrained_wer(recipe, "test")
+    public = wer(exp / "public_only", "test")
+    assert public < before, (public, before)
+    teacher_wers = [wer(t, "test") for t in sorted((exp / f"teachers_top_k{NUM_TEACHERS}").glob("teacher_*"))]
+    assert min(teacher_wers) < before
+
+
+def test_results_table_lists_every_system(recipe):
+    table = (recipe["expdir"] / "RESULTS.md").read_text()
+    assert re.search(r"^\| public_only \| 0 \| 0 \|", table, re.M)
+    for k in range(NUM_TEACHERS):
+        assert f"| teachers_top_k{NUM_TEACHERS}/teacher_{k} |" in table
+    assert "python -m espnet_pate.bin.decode_and_score" in table
+    assert (recipe["expdir"] / "public_only" / "RESULTS.md").exists()
+
+
+def test_rerun_skips_finished_work(recipe):
+    args = recipe["args"][:]
+    args[args.index("--stage") + 1] = "1"
+    args[args.index("--stop-stage") + 1] = "3"
+    stamp = (recipe["expdir"] / "public_only" / "valid.loss.ave.pth").stat().st_mtime
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skip" in proc.stdout
+    assert (recipe["expdir"] / "public_only" / "valid.loss.ave.pth").stat().st_mtime == stamp
+
+
+def test_every_model_loads_in_stock_speech2text(recipe):
+    from espnet2.bin.asr_transducer_inference import Speech2Text
+
+    for model in recipe["expdir"].glob("**/valid.loss.ave.pth"):
+        if model.parent.name == "untrained":
+            continue
+        Speech2Text(asr_train_config=str(model.parent / "config.yaml"), asr_model_file=str(model), beam_size=1)

@@ -1,0 +1,42 @@
+"""The recipe's shell mechanics: option parsing and the local job runner."""
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bash(script: str, *args: str):
+    return subprocess.run(["bash", "-c", script, "script", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+PARSE = 'stage=1\nnice_name=a\nflag=false\n. utils/parse_options.sh\necho "$stage|$nice_name|$flag|$*"'
+
+
+def test_parse_options_sets_known_options_and_keeps_positionals():
+    out = bash(PARSE, "--stage", "3", "--nice-name", "b c", "--flag=true", "pos")
+    assert out.returncode == 0 and out.stdout.strip() == "3|b c|true|pos"
+
+
+def test_parse_options_rejects_unknown_options_and_bad_booleans():
+    unknown = bash(PARSE, "--stagee", "3")
+    assert unknown.returncode != 0 and "unknown option --stagee" in unknown.stderr
+    bad = bash(PARSE, "--flag", "yes")
+    assert bad.returncode != 0 and "true or false" in bad.stderr
+
+
+def test_run_local_runs_jobs_logs_each_and_reports_failures(tmp_path):
+    log = tmp_path / "log.JOB.txt"
+    ok = subprocess.run(["utils/run_local.sh", "--max-jobs-run", "2", "JOB=0:3", str(log), "echo", "job", "JOB"],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0
+    for k in range(4):
+        text = (tmp_path / f"log.{k}.txt").read_text()
+        assert f"job {k}\n" in text and "Ended (code 0)" in text
+    bad = subprocess.run(["utils/run_local.sh", "JOB=1:2", str(log), "bash", "-c", "exit $((JOB - 1))"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1 and "log.2.txt" in bad.stderr and "log.1.txt" not in bad.stderr
+
+
+def test_run_sh_help_lists_stages():
+    out = subprocess.run(["./run.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "--stage N --stop-stage N" in out.stdout and "Stages:" in out.stdout
