@@ -1,0 +1,37 @@
+"""WER scoring and the results table."""
+import math
+
+import pytest
+
+from espnet_pate.report.results import relative_to_dpsgd, summary_md
+from espnet_pate.report.scoring import score_wer
+
+
+def test_wer_counts_errors_and_missing_hypotheses():
+    ref = {"a": "set an alarm for seven", "b": "call grace", "c": "play music"}
+    hyp = {"a": "set alarm for seven thirty", "b": "call grace"}
+    r = score_wer(ref, hyp)
+    # a: one deletion (an), one insertion (thirty); c: missing, two deletions.
+    assert (r.substitutions, r.deletions, r.insertions, r.ref_words, r.missing) == (0, 3, 1, 9, 1)
+    assert r.wer == pytest.approx(100 * 4 / 9)
+
+
+def test_wer_refuses_empty_references():
+    with pytest.raises(ValueError):
+        score_wer({}, {})
+    with pytest.raises(ValueError, match="empty reference"):
+        score_wer({"a": " "}, {"a": "x"})
+
+
+def test_summary_table_rows_and_relative_change():
+    rows = [
+        {"system": "dpsgd_eps8", "scores": {"test": {"wer": 40.0}}, "privacy": {"epsilon": 8.0, "mechanism": "dpsgd"}},
+        {"system": "student_gnmax_eps8", "scores": {"test": {"wer": 30.0}},
+         "privacy": {"epsilon": 8.0, "delta": 1e-5, "unit": "speaker", "mechanism": "gnmax",
+                     "pseudo_label_wer": 12.5, "labelled_fraction": 0.8}},
+        {"system": "nonprivate", "scores": {"test": {"wer": 10.0}}, "privacy": {"epsilon": math.inf}},
+    ]
+    relative_to_dpsgd(rows)
+    table = summary_md(rows, "cmd")
+    assert "| student_gnmax_eps8 | 8 | 1e-05 | speaker | 30.00 | 12.50 | 80% | -25.0% |" in table
+    assert "| nonprivate | inf | - | - | 10.00 | - | - | - |" in table
