@@ -11,7 +11,7 @@
 #   3  public pretraining, partition of the sensitive data, one teacher per partition
 #   4  noisy ensemble decoding of public_unlabeled into pseudo-transcripts (PATE)
 #   5  student training on pseudo-transcripts (or on --student_text)
-#   6  baselines: non-private fine-tune on sensitive (DP-SGD comes with its own stage options)
+#   6  baselines on sensitive: DP-SGD at each --dpsgd_eps, and the non-private fine-tune
 #   7  decoding and scoring of every system on dev and test: exp/*/RESULTS.md and RESULTS.md
 # A finished step leaves a .done marker; a rerun skips it. Every long step prints its exact command and logs
 # under exp/. Options:
@@ -22,11 +22,14 @@
 #   --num_teachers K           teachers (default 10; debug 4)
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default top)
 #   --partition_unit U         speaker | utterance (default speaker)
+#   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "1 8"; debug "8")
 #   --nbpe N                   sentencepiece vocabulary size (default 100)
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
 #   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
 #   --datadir --dumpdir --expdir   output folders (default data dump exp)
 set -euo pipefail
+# The whole script is one block, read before it runs: editing run.sh during a run cannot change that run.
+{
 cd "$(dirname "$0")"
 
 stage=1
@@ -37,6 +40,7 @@ ngpu=0
 num_teachers=""
 teacher_trainable=top
 partition_unit=speaker
+dpsgd_eps=""
 nbpe=100
 student_text=""
 results=""
@@ -75,8 +79,8 @@ train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --nbpe $nbpe 
 train_asr() {
   local outdir=$1 config=$2 train=$3; shift 3
   [ -f "${outdir}/.done" ] && { log "skip (done: ${outdir}/.done)"; return 0; }
-  log "train ${outdir}: local/train_asr.sh --outdir $outdir --config $config --train $train $* $train_opts"
-  ${train_cmd} "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" "$@" $train_opts
+  log "train ${outdir}: local/train_asr.sh --outdir $outdir --config $config --train $train $train_opts $*"
+  ${train_cmd} "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" $train_opts "$@"
 }
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -148,6 +152,20 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     --init_param "${expdir}/public_only/valid.loss.ave.pth"
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
     --unit utterance --note "fine-tuned on all of sensitive without DP"
+  # DP-SGD baselines: the same public model fine-tuned on sensitive with DP-SGD, one run per target epsilon
+  # (espnet_pate.bin.asr_transducer_dp_train: ESPnet's trainer with exact per-example clipping, Poisson sampling
+  # and noise calibrated to the target before training). Each run writes its own privacy.json, dp_report.json and
+  # config.yaml's dp_report; an interrupted run resumes from its checkpoint with the accountant's state.
+  # The privacy unit follows --partition_unit, so that DP-SGD and PATE are compared at the same unit.
+  [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="1 8"; }
+  for eps in $dpsgd_eps; do
+    dp_dir=${expdir}/dpsgd_eps${eps}
+    log "Stage 6: DP-SGD fine-tune on sensitive, target epsilon ${eps}, ${partition_unit} unit: ${dp_dir}"
+    train_asr "$dp_dir" "conf/train_dpsgd${sfx}.yaml" "${datadir}/sensitive" \
+      --init_param "${expdir}/public_only/valid.loss.ave.pth" --train_module espnet_pate.bin.asr_transducer_dp_train \
+      -- --dp_target_epsilon "$eps" --dp_unit "$partition_unit"
+    [ -f "${dp_dir}/privacy.json" ] || { log "error: no ${dp_dir}/privacy.json (see ${dp_dir}/train.log)"; exit 1; }
+  done
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
@@ -160,3 +178,5 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   "${cmd[@]}"
 fi
 log "Finished stages ${stage}-${stop_stage}"
+exit 0
+}

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Usage: local/train_asr.sh --outdir DIR --config YAML --train DATA_DIR [--init_param PTH] [-- ESPNET_OPTIONS...]
-# Trains one ESPnet transducer model (espnet_pate.bin.asr_transducer_train: ESPnet's task with torchaudio's
-# RNN-T loss) with the public tokenizer and the public feature statistics, validating on dev. Skips a finished
-# model (DIR/.done) and resumes an interrupted one from its last checkpoint. Needs stage 2's outputs.
+# Usage: local/train_asr.sh --outdir DIR --config YAML --train DATA_DIR [--init_param PTH]
+#            [--train_module espnet_pate.bin.asr_transducer_train] [-- ESPNET_OPTIONS...]
+# Trains one ESPnet transducer model (by default ESPnet's task with torchaudio's RNN-T loss; DP-SGD uses
+# espnet_pate.bin.asr_transducer_dp_train) with the public tokenizer and the public feature statistics,
+# validating on dev. Skips a finished model (DIR/.done) and resumes an interrupted one from its last checkpoint.
+# Needs stage 2's outputs.
 set -euo pipefail
-outdir=""; config=""; train=""; init_param=""
+outdir=""; config=""; train=""; init_param=""; train_module=espnet_pate.bin.asr_transducer_train
 datadir=data; dumpdir=dump; expdir=exp; nbpe=100; ngpu=0
-help_message=$(sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//')
+help_message=$(sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//')
 extra=()
 for i in $(seq $#); do [ "${!i}" = "--" ] && { extra=("${@:i+1}"); set -- "${@:1:i-1}"; break; }; done
 . ./utils/parse_options.sh
@@ -17,7 +19,7 @@ token_dir=${dumpdir}/token_list/bpe_unigram${nbpe}
 shape=${dumpdir}/shapes/$(echo "${train#"${datadir}"/}" | tr '/' '_')/speech_shape
 [ -f "$shape" ] || python -m espnet_pate.bin.make_shape_file "$train" "$shape"
 init=(); [ -n "$init_param" ] && init=(--init_param "$init_param")
-cmd=(python -m espnet_pate.bin.asr_transducer_train
+cmd=(python -m "$train_module"
   --config "$config" --output_dir "$outdir" --ngpu "$ngpu" --resume true
   --token_type bpe --bpemodel "${token_dir}/bpe.model" --token_list "${token_dir}/tokens.txt"
   --normalize global_mvn --normalize_conf "stats_file=${expdir}/asr_stats_public/train/feats_stats.npz"

@@ -25,13 +25,13 @@ def test_wer_refuses_empty_references():
 
 def test_summary_table_rows_and_relative_change():
     rows = [
-        {"system": "dpsgd_eps8", "scores": {"test": {"wer": 40.0}}, "privacy": {"epsilon": 8.0, "mechanism": "dpsgd"}},
+        {"system": "dpsgd_eps8", "scores": {"test": {"wer": 40.0}}, "privacy": {"epsilon": 7.9991, "target_epsilon": 8.0, "mechanism": "dpsgd"}},
         {"system": "student_gnmax_eps8", "scores": {"test": {"wer": 30.0}},
-         "privacy": {"epsilon": 8.0, "delta": 1e-5, "unit": "speaker", "mechanism": "gnmax",
+         "privacy": {"epsilon": 7.5, "target_epsilon": 8.0, "delta": 1e-5, "unit": "speaker", "mechanism": "gnmax",
                      "pseudo_label_wer": 12.5, "labelled_fraction": 0.8}},
         {"system": "nonprivate", "scores": {"test": {"wer": 10.0}}, "privacy": {"epsilon": math.inf}},
     ]
     relative_to_dpsgd(rows)
     table = summary_md(rows, "cmd")
-    assert "| student_gnmax_eps8 | 8 | 1e-05 | speaker | 30.00 | 12.50 | 80% | -25.0% |" in table
+    assert "| student_gnmax_eps8 | 7.5 | 1e-05 | speaker | 30.00 | 12.50 | 80% | -25.0% |" in table
     assert "| nonprivate | inf | - | - | 10.00 | - | - | - |" in table

@@ -161,8 +161,13 @@ class LockstepDecoder:
 
     @torch.no_grad()
     def decode(self, utt_ids: Sequence[str], load: Callable[[str], np.ndarray],
-               budget: Optional[PrivacyBudget] = None) -> DecodingResult:
+               budget: Optional[PrivacyBudget] = None,
+               encode: Optional[Callable[[str], torch.Tensor]] = None) -> DecodingResult:
+        """Decode ``utt_ids`` in order; ``load(u)`` gives the waveform (``encode(u)``, if given, the teachers'
+        encoder outputs [K, T, D] instead, e.g. from a cache)."""
         from espnet2.asr_transducer.utils import TooShortUttError
+
+        encode = encode or (lambda u: self.ens.encode(load(u)))
 
         results = {u: UtteranceResult(u, NOT_REACHED) for u in utt_ids}
         qlog = QueryLog(self.ens.vocab_size)
@@ -175,7 +180,7 @@ class LockstepDecoder:
             batch, encs = [], []
             for u in order[start:start + self.batch_size]:
                 try:
-                    enc = self.ens.encode(load(u))
+                    enc = encode(u)
                 except TooShortUttError:
                     results[u].status = TOO_SHORT
                     continue

@@ -1,0 +1,94 @@
+"""Recipe stage 4: PATE noisy ensemble labelling of public untranscribed speech.
+
+    python -m espnet_pate.bin.pate_label --config conf/pate.yaml --teachers exp/teachers_top_k10 \\
+        --data data/public_unlabeled --out exp/pate_top_k10 --public-model exp/public_only \\
+        (--partition-manifest data/sensitive_speaker_k10/manifest.json | --unit speaker) \\
+        [--runs NAME ...] [--seed N] [--device cpu]
+
+For every run of the configuration it writes OUT/<run>/text (pseudo-transcripts of the labelled utterances),
+OUT/<run>/privacy_report.{json,md}, OUT/<run>/privacy.json, and records the release in OUT/ledger.jsonl before
+the text is written (see espnet_pate.ensemble.pate_labeling). A rerun reuses recorded releases and spends
+nothing. ``--seed`` fixes the noise for a reproducible experiment: the reports then say NOT FOR RELEASE.
+Exit status: 0 done; 2 bad configuration or inputs; 3 a release would exceed the ledger's budget.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from espnet_pate.ensemble.pate_labeling import ConfigError, Stage4Inputs, UNITS, run_stage4
+from espnet_pate.ensemble.teachers import teacher_dirs_in
+from espnet_pate.privacy.ledger import BudgetExceededError
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m espnet_pate.bin.pate_label",
+                                description="PATE stage 4: noisy ensemble pseudo-labels with a privacy report.")
+    p.add_argument("--config", required=True, help="conf/pate.yaml: ledger budget and one entry per run")
+    p.add_argument("--teachers", required=True, nargs="+",
+                   help="a directory holding teacher_0..teacher_{K-1}, or the teacher directories themselves")
+    p.add_argument("--data", required=True, help="Kaldi directory of the public untranscribed speech "
+                   "(only wav.scp is read for labelling; text, if present, only to score the labels)")
+    p.add_argument("--out", required=True, help="output directory (OUT/<run>/..., OUT/ledger.jsonl)")
+    p.add_argument("--public-model", help="the public pretrained model (utterance-level candidates)")
+    p.add_argument("--partition-manifest", help="manifest.json of the teachers' partition (gives the privacy unit)")
+    p.add_argument("--unit", choices=UNITS, help="privacy unit, when no manifest is given")
+    p.add_argument("--runs", nargs="+", help="run only these entries of the configuration")
+    p.add_argument("--seed", type=int, help="fix the noise (reproducible experiment, NOT FOR RELEASE)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _unit(args, num_teachers: int) -> str:
+    if args.partition_manifest is None:
+        if args.unit is None:
+            raise ConfigError("give --partition-manifest (preferred) or --unit")
+        return args.unit
+    manifest = json.loads(Path(args.partition_manifest).read_text())
+    unit = manifest["unit"]
+    if args.unit is not None and args.unit != unit:
+        raise ConfigError(f"--unit {args.unit} contradicts {args.partition_manifest} (unit {unit})")
+    if int(manifest["num_shards"]) != num_teachers:
+        raise ConfigError(f"{args.partition_manifest} has {manifest['num_shards']} shards but there are "
+                          f"{num_teachers} teachers: one teacher per shard is what the privacy argument needs")
+    return unit
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    try:
+        if len(args.teachers) == 1 and not (Path(args.teachers[0]) / "config.yaml").exists():
+            teachers = teacher_dirs_in(args.teachers[0])
+        else:
+            teachers = [Path(t) for t in args.teachers]
+        inputs = Stage4Inputs(teacher_dirs=teachers, data_dir=Path(args.data), out_dir=Path(args.out),
+                              unit=_unit(args, len(teachers)),
+                              public_model=Path(args.public_model) if args.public_model else None,
+                              device=args.device,
+                              command="python -m espnet_pate.bin.pate_label "
+                                      + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
+        reports = run_stage4(args.config, inputs, only=args.runs, seed=args.seed)
+    except BudgetExceededError as e:
+        print(f"pate_label: refused: {e}", file=sys.stderr)
+        return 3
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"pate_label: error: {e}", file=sys.stderr)
+        return 2
+    for r in reports:
+        wer = "-" if r["pseudo_label_wer"] is None else f"{r['pseudo_label_wer']:.2f}%"
+        print(f"{r['name']}: {r['run_status']}; eps {r['epsilon_headline']:.4g} ({r['accounting']}; "
+              f"data-independent {r['epsilon']['data_independent']:.4g}) at delta {r['delta']:g}, unit "
+              f"{r['privacy_unit']}; {r['queries']} queries; labelled {r['utterances']['written']}/"
+              f"{r['utterances']['total']}; pseudo-label WER {wer}; -> {r['text']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
