@@ -27,6 +27,7 @@
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
 #   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
 #   --datadir --dumpdir --expdir   output folders (default data dump exp)
+#   --conf_dir DIR --data_script SCRIPT   a corpus's configs and stage-1 script (egs2/<corpus>/pate1/run.sh)
 set -euo pipefail
 # The whole script is one block, read before it runs: editing run.sh during a run cannot change that run.
 {
@@ -44,6 +45,8 @@ dpsgd_eps=""
 nbpe=100
 student_text=""
 results=""
+conf_dir=conf
+data_script=local/data.sh
 datadir=data
 dumpdir=dump
 expdir=exp
@@ -71,7 +74,7 @@ bpemodel=${token_dir}/bpe.model
 token_list=${token_dir}/tokens.txt
 stats_dir=${expdir}/asr_stats_public
 shape_dir=${dumpdir}/shapes
-decode_config=conf/decode_transducer.yaml
+decode_config=${conf_dir}/decode_transducer.yaml
 all_sets="public_labeled sensitive public_unlabeled public_unlabeled_diff dev test"
 
 train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --nbpe $nbpe --ngpu $ngpu"
@@ -84,8 +87,8 @@ train_asr() {
 }
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
-  log "Stage 1: data preparation (conf/corpus${sfx}.yaml)"
-  local/data.sh --config "conf/corpus${sfx}.yaml" --out "$datadir"
+  log "Stage 1: data preparation (${data_script}, ${conf_dir}/corpus${sfx}.yaml)"
+  "$data_script" --config "${conf_dir}/corpus${sfx}.yaml" --out "$datadir"
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
@@ -104,7 +107,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   # audio would leak it. ESPnet also needs a validation set here; its statistics are not used.
   run_step "${stats_dir}/.done" ${train_cmd} "${stats_dir}/collect_stats.log" \
     ${python} -m espnet_pate.bin.asr_transducer_train --collect_stats true \
-      --config "conf/train_pretrain${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
+      --config "${conf_dir}/train_pretrain${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
       --token_type bpe --bpemodel "$bpemodel" --token_list "$token_list" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/wav.scp,speech,sound" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/text,text,text" \
@@ -118,7 +121,7 @@ shards_dir=${datadir}/sensitive_${partition_unit}_k${num_teachers}
 teachers_dir=${expdir}/teachers_${teacher_trainable}_k${num_teachers}
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: public pretraining, partition, ${num_teachers} teachers (trainable: ${teacher_trainable})"
-  train_asr "${expdir}/public_only" "conf/train_pretrain${sfx}.yaml" "${datadir}/public_labeled"
+  train_asr "${expdir}/public_only" "${conf_dir}/train_pretrain${sfx}.yaml" "${datadir}/public_labeled"
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/public_only" --epsilon 0 --delta 0 --mechanism public_only \
     --note "trained on public_labeled only"
   ${python} -m espnet_pate.bin.partition_data_dir "${datadir}/sensitive" "$shards_dir" \
@@ -126,7 +129,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
   log "teachers: ${teachers_dir}/teacher_{0..$((num_teachers - 1))} (logs: ${teachers_dir}/log/)"
   ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${teachers_dir}/log/teacher.JOB.log" \
-    local/train_asr.sh --outdir "${teachers_dir}/teacher_JOB" --config "conf/train_teacher_${teacher_trainable}${sfx}.yaml" \
+    local/train_asr.sh --outdir "${teachers_dir}/teacher_JOB" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
       --train "${shards_dir}/shard_JOB" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
   for ((k = 0; k < num_teachers; k++)); do
     ${python} -m espnet_pate.bin.privacy_info "${teachers_dir}/teacher_${k}" --mechanism teacher \
@@ -139,7 +142,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   if [ -n "$student_text" ]; then
     student_data=${datadir}/student_$(basename "$(dirname "$student_text")")
     ${python} -m espnet_pate.bin.make_student_data "${datadir}/public_unlabeled" "$student_text" "$student_data"
-    train_asr "${expdir}/student_$(basename "$student_data")" "conf/train_student${sfx}.yaml" "$student_data" \
+    train_asr "${expdir}/student_$(basename "$student_data")" "${conf_dir}/train_student${sfx}.yaml" "$student_data" \
       --init_param "${expdir}/public_only/valid.loss.ave.pth"
   else
     log "no pseudo-transcripts yet (stage 4 comes with PATE); pass --student_text to train on a transcript"
@@ -148,7 +151,7 @@ fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "Stage 6: baselines: non-private fine-tune on all of sensitive (epsilon infinite)"
-  train_asr "${expdir}/nonprivate" "conf/train_teacher_full${sfx}.yaml" "${datadir}/sensitive" \
+  train_asr "${expdir}/nonprivate" "${conf_dir}/train_teacher_full${sfx}.yaml" "${datadir}/sensitive" \
     --init_param "${expdir}/public_only/valid.loss.ave.pth"
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
     --unit utterance --note "fine-tuned on all of sensitive without DP"
@@ -161,7 +164,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   for eps in $dpsgd_eps; do
     dp_dir=${expdir}/dpsgd_eps${eps}
     log "Stage 6: DP-SGD fine-tune on sensitive, target epsilon ${eps}, ${partition_unit} unit: ${dp_dir}"
-    train_asr "$dp_dir" "conf/train_dpsgd${sfx}.yaml" "${datadir}/sensitive" \
+    train_asr "$dp_dir" "${conf_dir}/train_dpsgd${sfx}.yaml" "${datadir}/sensitive" \
       --init_param "${expdir}/public_only/valid.loss.ave.pth" --train_module espnet_pate.bin.asr_transducer_dp_train \
       -- --dp_target_epsilon "$eps" --dp_unit "$partition_unit"
     [ -f "${dp_dir}/privacy.json" ] || { log "error: no ${dp_dir}/privacy.json (see ${dp_dir}/train.log)"; exit 1; }
