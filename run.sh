@@ -137,16 +137,40 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   done
 fi
 
+pate_dir=${expdir}/pate_${teacher_trainable}_k${num_teachers}
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  log "Stage 4: noisy ensemble labelling of public_unlabeled (${conf_dir}/pate${sfx}.yaml) into ${pate_dir}"
+  # Every release is recorded in ${pate_dir}/ledger.jsonl before its text is written: a rerun spends nothing.
+  cmd=(${python} -m espnet_pate.bin.pate_label --config "${conf_dir}/pate${sfx}.yaml" --teachers "$teachers_dir"
+       --data "${datadir}/public_unlabeled" --out "$pate_dir" --public-model "${expdir}/public_only"
+       --partition-manifest "${shards_dir}/manifest.json")
+  log "run: ${cmd[*]}"
+  "${cmd[@]}"
+fi
+
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  log "Stage 5: student training"
+  log "Stage 5: students on the audio of public_unlabeled with ${student_text:-the pseudo-transcripts of stage 4}"
   if [ -n "$student_text" ]; then
-    student_data=${datadir}/student_$(basename "$(dirname "$student_text")")
-    ${python} -m espnet_pate.bin.make_student_data "${datadir}/public_unlabeled" "$student_text" "$student_data"
-    train_asr "${expdir}/student_$(basename "$student_data")" "${conf_dir}/train_student${sfx}.yaml" "$student_data" \
-      --init_param "${expdir}/public_only/valid.loss.ave.pth"
+    texts=("$student_text")
   else
-    log "no pseudo-transcripts yet (stage 4 comes with PATE); pass --student_text to train on a transcript"
+    mapfile -t texts < <(find "$pate_dir" -mindepth 2 -maxdepth 2 -name text | sort)
+    [ ${#texts[@]} -gt 0 ] || { log "error: no pseudo-transcripts under ${pate_dir}: run stage 4 first"; exit 1; }
   fi
+  for text in "${texts[@]}"; do
+    name=$(basename "$(dirname "$text")")
+    student_data=${datadir}/student_${name}
+    run_step "${student_data}/.done" ${python} -m espnet_pate.bin.make_student_data \
+      "${datadir}/public_unlabeled" "$text" "$student_data"
+    train_asr "${expdir}/student_${name}" "${conf_dir}/train_student${sfx}.yaml" "$student_data" \
+      --init_param "${expdir}/public_only/valid.loss.ave.pth"
+    # The student sees sensitive data only through the released labels: it inherits their privacy claim.
+    if [ -f "$(dirname "$text")/privacy.json" ]; then
+      cp "$(dirname "$text")/privacy.json" "${expdir}/student_${name}/privacy.json"
+    else
+      ${python} -m espnet_pate.bin.privacy_info "${expdir}/student_${name}" --mechanism "transcripts:${text}" \
+        --note "trained on the given transcripts, not on a privacy mechanism's output"
+    fi
+  done
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then

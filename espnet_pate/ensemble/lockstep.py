@@ -219,6 +219,9 @@ class LockstepDecoder:
             idx = np.flatnonzero(active)
             tidx = torch.as_tensor(idx)
             logits = ens.joint.logits(enc_proj[:, tidx, t[tidx]], dec_proj[:, tidx])  # [K, A, V]
+            if not bool(torch.isfinite(logits).all()):
+                bad = sorted({ens.names[k] for k in torch.nonzero(~torch.isfinite(logits))[:, 0].tolist()})
+                raise FloatingPointError(f"non-finite scores from {bad} (a broken checkpoint?)")
             votes = self.votes(logits)
             agg, ran = _aggregate(self.aggregator, votes, budget)
             labels = np.asarray(agg.labels).reshape(-1)

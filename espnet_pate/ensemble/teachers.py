@@ -160,9 +160,10 @@ class StackedJoint:
     def project_decoder(self, dec: torch.Tensor) -> torch.Tensor:
         return self._linear(dec, self.w_dec, self.b_dec)
 
-    def logits(self, enc_proj: torch.Tensor, dec_proj: torch.Tensor) -> torch.Tensor:
-        """[K, ..., V] from projected encoder and decoder outputs of one (broadcast) shape [K, ..., J]."""
-        return self._linear(self.activation(enc_proj + dec_proj), self.w_out, self.b_out)
+    def logits(self, enc_proj: torch.Tensor, dec_proj: torch.Tensor, teachers: slice = slice(None)) -> torch.Tensor:
+        """[K, ..., V] from projected encoder and decoder outputs of one (broadcast) shape [K, ..., J]
+        (``teachers``: the slice of teachers these inputs belong to, when not all)."""
+        return self._linear(self.activation(enc_proj + dec_proj), self.w_out[teachers], self.b_out[teachers])
 
 
 # ------------------------------------------------------------------------------------------------ ensemble

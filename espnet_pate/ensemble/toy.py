@@ -103,6 +103,9 @@ def perturbed_copy(model, seed: int, scale: float = 0.1, trainable: Sequence[str
     with torch.no_grad():
         for name, p in list(out.named_parameters()) + list(out.named_buffers()):
             if any(name == t or name.startswith(t + ".") for t in trainable) and p.is_floating_point():
+                if name.endswith("running_var"):  # stays positive
+                    p.mul_(torch.exp(scale * torch.randn(p.shape, generator=g)))
+                    continue
                 ref = float(p.abs().mean()) if p.numel() else 1.0
                 p.add_(scale * ref * torch.randn(p.shape, generator=g))
     return out.eval()

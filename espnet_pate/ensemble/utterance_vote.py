@@ -107,7 +107,8 @@ def candidate_log_likelihoods(ensemble, enc: torch.Tensor, candidates: Sequence[
     out = []
     for k0 in range(0, K, step):
         k1 = min(K, k0 + step)
-        logits = ensemble.joint.logits(enc_proj[k0:k1, None, :, None, :], dec_proj[k0:k1, :, None, :, :])
+        logits = ensemble.joint.logits(enc_proj[k0:k1, None, :, None, :], dec_proj[k0:k1, :, None, :, :],
+                                       teachers=slice(k0, k1))
         kk = k1 - k0
         loss = rnnt_loss_logspace(logits.reshape(kk * C, T, U + 1, -1), targets.repeat(kk, 1), t_len.repeat(kk),
                                   u_len.repeat(kk), blank=blank, reduction="none")
