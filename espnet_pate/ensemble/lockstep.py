@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -141,7 +141,8 @@ def _aggregate(aggregator, votes: np.ndarray, budget: Optional[PrivacyBudget]):
 
 class LockstepDecoder:
     """``LockstepDecoder(ensemble, aggregator, vote="hard", max_symbols_per_frame=5, batch_size=16)``;
-    ``decode(wavs, budget=None)`` with ``wavs`` an ordered {utt_id: waveform} (or a loader: id -> waveform)."""
+    ``decode(utt_ids, load, budget=None)`` with ``load(utt_id) -> waveform``. ``aggregator(votes[, budget])``
+    is a privacy mechanism (espnet_pate.privacy.mechanisms) or ``NoiselessPlurality`` (tests only)."""
 
     def __init__(self, ensemble, aggregator: Callable, vote: str = "hard", max_symbols_per_frame: int = 5,
                  batch_size: int = 16):
@@ -172,6 +173,7 @@ class LockstepDecoder:
         results = {u: UtteranceResult(u, NOT_REACHED) for u in utt_ids}
         qlog = QueryLog(self.ens.vocab_size)
         order = list(utt_ids)
+        index = {u: i for i, u in enumerate(order)}
         exhausted = False
         for start in range(0, len(order), self.batch_size):
             if budget is not None and budget.exhausted:
@@ -187,17 +189,17 @@ class LockstepDecoder:
                 batch.append(u)
                 encs.append(enc)
             if batch:
-                exhausted = self._decode_batch(batch, encs, start, order, results, qlog, budget) or exhausted
+                exhausted = self._decode_batch(batch, encs, index, results, qlog, budget) or exhausted
             if exhausted:
                 break
         if budget is not None and budget.exhausted:
             exhausted = True
         return DecodingResult(results, qlog, exhausted)
 
-    def _decode_batch(self, batch, encs, start, order, results, qlog, budget) -> bool:
+    def _decode_batch(self, batch, encs, index, results, qlog, budget) -> bool:
+        """Decode one batch of utterances together; True when the budget stopped the run."""
         ens, K = self.ens, self.ens.num_teachers
         B = len(batch)
-        index = {u: i for i, u in enumerate(order)}
         lengths = torch.tensor([e.shape[1] for e in encs])
         enc = encs[0].new_zeros(K, B, int(lengths.max()), encs[0].shape[-1])
         for b, e in enumerate(encs):
@@ -207,7 +209,8 @@ class LockstepDecoder:
         state = ens.decoder.init_state(B)
         dec_out, state = ens.decoder.step(torch.full((B,), blank, dtype=torch.long), state)
         dec_proj = ens.joint.project_decoder(dec_out)  # [K, B, J]
-        t = torch.zeros(B, dtype=torch.long)
+        t = np.zeros(B, dtype=np.int64)
+        T = lengths.numpy()
         sym = np.zeros(B, dtype=np.int64)
         active = np.ones(B, dtype=bool)
         hyps: List[List[int]] = [[] for _ in range(B)]
@@ -218,8 +221,8 @@ class LockstepDecoder:
         while active.any():
             idx = np.flatnonzero(active)
             tidx = torch.as_tensor(idx)
-            logits = ens.joint.logits(enc_proj[:, tidx, t[tidx]], dec_proj[:, tidx])  # [K, A, V]
-            if not bool(torch.isfinite(logits).all()):
+            logits = ens.joint.logits(enc_proj[:, tidx, torch.as_tensor(t[idx])], dec_proj[:, tidx])  # [K, A, V]
+            if not bool(torch.isfinite(logits.sum())):  # any NaN or inf makes the sum non-finite
                 bad = sorted({ens.names[k] for k in torch.nonzero(~torch.isfinite(logits))[:, 0].tolist()})
                 raise FloatingPointError(f"non-finite scores from {bad} (a broken checkpoint?)")
             votes = self.votes(logits)
@@ -257,10 +260,9 @@ class LockstepDecoder:
                 if c is not None:
                     c[:, :, rows] = c_new
                 dec_proj[:, rows] = ens.joint.project_decoder(out)
-            for b in np.flatnonzero(active):
-                if int(t[b]) >= int(lengths[b]):
-                    results[batch[b]].status = LABELLED
-                    active[b] = False
+            for b in np.flatnonzero(active & (t >= T)):
+                results[batch[b]].status = LABELLED
+                active[b] = False
             if exhausted or (budget is not None and budget.exhausted and active.any()):
                 for b in np.flatnonzero(active):
                     results[batch[b]].status = STOPPED_BUDGET

@@ -41,22 +41,20 @@ the labels are final, to score them.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import yaml
 
-from espnet_pate.data.kaldi_dir import read_table, write_table
+from espnet_pate.data.kaldi_dir import read_table
 from espnet_pate.privacy.accounting import RunCost, confident_gnmax_cost, gnmax_cost, lnmax_cost
 from espnet_pate.privacy.budget import PrivacyBudget
 from espnet_pate.privacy.calibration import calibrate_confident_gnmax, calibrate_gnmax_sigma, calibrate_lnmax_scale
@@ -165,9 +163,10 @@ def resolve_entry(name: str, entry: Mapping, defaults: Mapping, num_teachers: in
         raise ConfigError(f"run {name}: delta must be in (0, 1)")
     k = num_teachers
     noise = {key: _scaled(merged, key, k, name) for key in _NOISE_KEYS[mech]}
-    for other, keys in _NOISE_KEYS.items():
+    for keys in _NOISE_KEYS.values():
         for key in keys:
-            if key not in _NOISE_KEYS[mech] and (merged.get(key) is not None or merged.get(f"{key}_over_k") is not None):
+            given = merged.get(key) is not None or merged.get(f"{key}_over_k") is not None
+            if key not in _NOISE_KEYS[mech] and given:
                 raise ConfigError(f"run {name}: {key} does not apply to {mech}")
     calibration = None
     cal = merged.get("calibrate")
