@@ -158,6 +158,8 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   fi
   for text in "${texts[@]}"; do
     name=$(basename "$(dirname "$text")")
+    # A release can label nothing (every query refused or the budget spent at once): no student then.
+    [ -s "$text" ] || { log "skip student_${name}: ${text} labels no utterance"; continue; }
     student_data=${datadir}/student_${name}
     run_step "${student_data}/.done" ${python} -m espnet_pate.bin.make_student_data \
       "${datadir}/public_unlabeled" "$text" "$student_data"

@@ -251,3 +251,17 @@ def test_non_finite_scores_are_an_error():
     utts = {u: w for u, (w, _, _) in toy_utterances(1, seed=0).items()}
     with pytest.raises(FloatingPointError, match="teacher_1"):
         LockstepDecoder(TeacherEnsemble(iter(models)), NoiselessPlurality()).decode(list(utts), utts.get)
+
+
+def test_soft_votes_sum_the_teachers_posteriors():
+    models = distinct_random_teachers(k=3)
+    ens = TeacherEnsemble(iter(models))
+    utts = {u: w for u, (w, _, _) in toy_utterances(2, seed=4).items()}
+    res = LockstepDecoder(ens, NoiselessPlurality(), vote="soft", max_symbols_per_frame=3).decode(list(utts),
+                                                                                                utts.get)
+    votes = res.queries.all_votes
+    np.testing.assert_allclose(votes.sum(axis=1), 3.0)
+    assert np.all(votes.max(axis=1) < 3.0)  # posteriors, not one-hot counts
+    logits = torch.randn(3, 2, ens.vocab_size)
+    dec = LockstepDecoder(ens, NoiselessPlurality(), vote="soft")
+    np.testing.assert_allclose(dec.votes(logits), torch.softmax(logits.double(), -1).sum(0).numpy())

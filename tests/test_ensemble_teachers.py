@@ -53,11 +53,14 @@ def test_shared_prefix_and_encoder_equal_each_teacher(base, speech, trainable, s
     ens = TeacherEnsemble(iter(models))
     assert [s.name for s in ens.shared_stages] == shared
     assert [s.name for s in ens.stages] == [s.name for s in ens.shared_stages + ens.teacher_stages]
-    for wave in speech:
+    batch = ens.encode_batch(speech)  # padded together after the input block
+    for wave, enc_b in zip(speech, batch):
         enc = ens.encode(wave)
-        assert enc.shape[0] == 3
+        assert enc.shape[0] == 3 and enc_b.shape == enc.shape
         for k, m in enumerate(models):
-            torch.testing.assert_close(enc[k], reference_encoder(m, wave), atol=ATOL, rtol=0)
+            ref = reference_encoder(m, wave)
+            torch.testing.assert_close(enc[k], ref, atol=ATOL, rtol=0)
+            torch.testing.assert_close(enc_b[k], ref, atol=ATOL, rtol=0)
 
 
 def test_identical_tensors_are_shared_not_copied(base):
@@ -84,6 +87,13 @@ def test_frozen_block_with_drifted_batchnorm_stats_is_not_shared(base):
         models[1].encoder.encoders.blocks[0].conv_mod.norm.running_mean.add_(0.01)
     ens = TeacherEnsemble(iter(models))
     assert [s.name for s in ens.shared_stages] == ["encoder.embed"]
+
+
+def test_too_short_utterances_are_marked(base, speech):
+    ens = TeacherEnsemble(iter(teachers(base, k=2)))
+    out = ens.encode_batch([speech[0], np.zeros(400, dtype=np.float32), speech[1]])
+    assert out[1] is None and out[0].shape[0] == 2 and out[2].shape[0] == 2
+    torch.testing.assert_close(out[2], ens.encode(speech[1]), atol=ATOL, rtol=0)
 
 
 def test_other_architecture_is_refused(base):

@@ -220,3 +220,17 @@ def test_configuration_errors_and_calibration():
         c = pate_labeling.load_config(path)
         for run, entry in c["runs"].items():
             resolve_entry(run, entry, c.get("defaults") or {}, 10 if name == "pate.yaml" else 4)
+
+
+def test_agreement_survey_releases_nothing(toy, tmp_path, capsys):
+    cfg = tmp_path / "pate.yaml"
+    cfg.write_text(yaml.safe_dump(conf()))
+    out = tmp_path / "pate"
+    argv = ["--config", str(cfg), "--teachers", str(toy["teachers"]), "--data", str(toy["data"]), "--out", str(out),
+            "--public-model", str(toy["public"]), "--unit", "speaker", "--survey", "4"]
+    assert pate_label.main(argv) == 0
+    survey = json.loads((out / "agreement_survey.json").read_text())
+    assert survey["num_teachers"] == 3 and survey["utterances"] == 4 and survey["private"]
+    assert sum(survey["token"]["all"]["queries"]) == survey["token"]["queries"] > 0
+    assert "utterance" in survey
+    assert not (out / "ledger.jsonl").exists()

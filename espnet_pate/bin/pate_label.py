@@ -3,7 +3,7 @@
     python -m espnet_pate.bin.pate_label --config conf/pate.yaml --teachers exp/teachers_top_k10 \\
         --data data/public_unlabeled --out exp/pate_top_k10 --public-model exp/public_only \\
         (--partition-manifest data/sensitive_speaker_k10/manifest.json | --unit speaker) \\
-        [--runs NAME ...] [--seed N] [--device cpu]
+        [--runs NAME ...] [--seed N] [--device cpu] [--survey N]
 
 For every run of the configuration it writes OUT/<run>/text (pseudo-transcripts of the labelled utterances),
 OUT/<run>/privacy_report.{json,md}, OUT/<run>/privacy.json, and records the release in OUT/ledger.jsonl before
@@ -29,7 +29,7 @@ from espnet_pate.privacy.ledger import BudgetExceededError
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m espnet_pate.bin.pate_label",
                                 description="PATE stage 4: noisy ensemble pseudo-labels with a privacy report.")
-    p.add_argument("--config", required=True, help="conf/pate.yaml: ledger budget and one entry per run")
+    p.add_argument("--config", help="conf/pate.yaml: ledger budget and one entry per run (not for --survey)")
     p.add_argument("--teachers", required=True, nargs="+",
                    help="a directory holding teacher_0..teacher_{K-1}, or the teacher directories themselves")
     p.add_argument("--data", required=True, help="Kaldi directory of the public untranscribed speech "
@@ -40,6 +40,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit", choices=UNITS, help="privacy unit, when no manifest is given")
     p.add_argument("--runs", nargs="+", help="run only these entries of the configuration")
     p.add_argument("--seed", type=int, help="fix the noise (reproducible experiment, NOT FOR RELEASE)")
+    p.add_argument("--survey", type=int, metavar="N",
+                   help="instead of labelling: noise-free agreement histograms of the teachers on N public "
+                        "utterances (token and utterance level), written to OUT/agreement_survey.json. Spends and "
+                        "releases nothing; describes the sensitive votes (operator only)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -61,7 +65,10 @@ def _unit(args, num_teachers: int) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.config is None and not args.survey:
+        parser.error("--config is required (except with --survey)")
     logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     try:
         if len(args.teachers) == 1 and not (Path(args.teachers[0]) / "config.yaml").exists():
@@ -74,6 +81,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               device=args.device,
                               command="python -m espnet_pate.bin.pate_label "
                                       + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
+        if args.survey:
+            from espnet_pate.ensemble.pate_labeling import agreement_survey
+
+            survey = agreement_survey(inputs, args.survey)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "agreement_survey.json").write_text(json.dumps(survey, indent=1) + "\n")
+            print(json.dumps(survey))
+            return 0
         reports = run_stage4(args.config, inputs, only=args.runs, seed=args.seed)
     except BudgetExceededError as e:
         print(f"pate_label: refused: {e}", file=sys.stderr)

@@ -346,6 +346,7 @@ class _Context:
         self._public = public_speech2text
         self._public_conf = None
         self._enc: Dict[str, Any] = {}
+        self._enc_bytes, self.max_cache_bytes = 0, 512 * 2**20  # encoder outputs kept for the next runs
         self._cands: Dict[tuple, List[List[int]]] = {}
         self._detok = None
 
@@ -353,22 +354,27 @@ class _Context:
         speech, _ = self._soundfile.read(self.wav_scp[utt], dtype="float32")
         return speech
 
-    def encode(self, utt: str):
-        if utt not in self._enc:
-            self._enc[utt] = self.ens.encode(self.load(utt))
-        return self._enc[utt]
+    def encode(self, utts: Sequence[str]):
+        """Encoder outputs of a batch (cached: every run of one invocation shares them)."""
+        missing = [u for u in utts if u not in self._enc]
+        fresh = dict(zip(missing, self.ens.encode_batch([self.load(u) for u in missing]))) if missing else {}
+        out = [fresh[u] if u in fresh else self._enc[u] for u in utts]
+        size = sum(e.numel() * e.element_size() for e in fresh.values() if e is not None)
+        if self._enc_bytes + size > self.max_cache_bytes:
+            self._enc, self._enc_bytes = {}, 0
+        self._enc.update(fresh)
+        self._enc_bytes += size
+        return out
 
     def public(self, nbest: int, beam_size: int):
         from espnet_pate.ensemble.utterance_vote import load_public_nbest
 
+        if self._public is not None and self._public_conf is None:  # handed in by the caller: used as it is
+            return self._public
         if self._public is None or self._public_conf != (nbest, beam_size):
-            if self._public is not None and self._public_conf is None:  # injected (tests): reconfigure in place
-                self._public.beam_search.nbest, self._public.nbest = nbest, nbest
-                self._public.beam_search.beam_size = max(beam_size, nbest)
-            else:
-                if self.inputs.public_model is None:
-                    raise ConfigError("utterance-level runs need --public-model (candidates come from it)")
-                self._public = load_public_nbest(self.inputs.public_model, nbest, beam_size, self.inputs.device)
+            if self.inputs.public_model is None:
+                raise ConfigError("utterance-level runs need --public-model (candidates come from it)")
+            self._public = load_public_nbest(self.inputs.public_model, nbest, beam_size, self.inputs.device)
             self._public_conf = (nbest, beam_size)
         return self._public
 
@@ -624,6 +630,34 @@ def label_entry(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, seed: Opti
                            "labelled_utterances": _count_lines(pending / TEXT),
                            "budget": meta["budget"], "seed_fixed": meta["seed_fixed"]})
     return _finalise(ctx, s, out, meta, release_id, ledger, "new")
+
+
+def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, beam_size: int = 8,
+                     levels: Sequence[str] = LEVELS, ensemble=None) -> dict:
+    """Noise-free agreement histograms of the teachers on ``num_utts`` public utterances (evenly spread), to
+    choose K and the noise before spending anything. Nothing is released and nothing is recorded: the result
+    describes the sensitive votes and is for the operator only (PRIVACY.md: measure it before choosing)."""
+    from espnet_pate.ensemble.lockstep import LockstepDecoder, NoiselessPlurality
+    from espnet_pate.ensemble.utterance_vote import UtteranceVoter
+
+    ctx = _Context(inputs, ensemble)
+    ids = sorted(ctx.wav_scp, key=lambda u: u.encode("utf-8"))
+    utts = ids[:: max(1, len(ids) // max(num_utts, 1))][:num_utts]
+    out = {"num_teachers": ctx.ens.num_teachers, "utterances": len(utts), "private": True}
+    if "token" in levels:
+        res = LockstepDecoder(ctx.ens, NoiselessPlurality()).decode(utts, ctx.load, encode=ctx.encode)
+        votes, released = res.queries.all_votes, res.queries.all_released
+        out["token"] = {"queries": len(votes), "queries_per_utterance": len(votes) / max(len(utts), 1),
+                        "all": agreement_histogram(votes, ctx.ens.num_teachers, True),
+                        "blank_released": agreement_histogram(votes[released == 0], ctx.ens.num_teachers, True),
+                        "token_released": agreement_histogram(votes[released != 0], ctx.ens.num_teachers, True)}
+    if "utterance" in levels:
+        voter = UtteranceVoter(ctx.ens, None, NoiselessPlurality(), nbest=nbest)
+        res = voter.decode(utts, ctx.load, encode=ctx.encode, candidates=ctx.candidates(nbest, beam_size))
+        out["utterance"] = {"queries": res.queries.num_queries,
+                            "single_candidate (free)": len(utts) - res.queries.num_queries,
+                            "all": agreement_histogram(res.queries.all_votes, ctx.ens.num_teachers, True)}
+    return out
 
 
 def run_stage4(config: os.PathLike | str | dict, inputs: Stage4Inputs, only: Optional[Sequence[str]] = None,

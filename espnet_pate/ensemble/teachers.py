@@ -297,29 +297,79 @@ class TeacherEnsemble:
     @torch.no_grad()
     def encode(self, speech) -> torch.Tensor:
         """Encoder outputs [K, T, D] of one utterance (raises ``TooShortUttError`` like ESPnet's encoder)."""
-        from espnet2.asr_transducer.utils import TooShortUttError, make_source_mask
+        from espnet2.asr_transducer.utils import TooShortUttError
 
-        x, x_len = self.features(speech)
-        if self.too_short(x.shape[1]):
-            raise TooShortUttError(f"{x.shape[1]} feature frames are too short for subsampling", x.shape[1], 7)
-        mask = make_source_mask(x_len)
-        pos_enc = None
-        for stage in self.shared_stages:
-            x, mask = _run_stage(self._stage_modules[stage.name], stage.kind, x, mask, pos_enc)
-            if stage.kind == "embed":
-                pos_enc = self.base.encoder.pos_enc(x)
-        x = x.expand(self.num_teachers, *x.shape)  # [K, 1, T, D]; a view, no copy
-        for stage in self.teacher_stages:
-            module = self._stage_modules[stage.name]
+        out = self.encode_batch([speech])[0]
+        if out is None:
+            raise TooShortUttError("too short for subsampling", 0, 7)
+        return out
 
-            def one(weights, xi, _m=module, _kind=stage.kind, _mask=mask, _pos=pos_enc):
-                return _run_stage_functional(_m, _kind, weights, xi, _mask, _pos)
+    def _vmapped(self, stage: EncoderStage, weights, x, mask, pos_enc, x_batched: bool):
+        module = self._stage_modules[stage.name]
 
-            x = torch.func.vmap(one)(self._stage_weights[stage.name], x)
-            if stage.kind == "embed":
-                mask = mask[:, : x.shape[2]]  # the input block subsamples the mask by truncation (ConvInput)
-                pos_enc = self.base.encoder.pos_enc(x[0])
-        return x[:, 0]
+        def one(w, xi):
+            return _run_stage_functional(module, stage.kind, w, xi, mask, pos_enc)
+
+        return torch.func.vmap(one, in_dims=(0, 0 if x_batched else None))(weights, x)
+
+    @torch.no_grad()
+    def encode_batch(self, speeches: Sequence) -> List[Optional[torch.Tensor]]:
+        """Encoder outputs [K, T_b, D] of several utterances (None for one too short for the subsampling).
+
+        Features, the shared prefix and a teacher-specific input block run per utterance, exactly as
+        ``Speech2Text`` runs them. The teacher-specific blocks after the input block run once for the padded
+        batch and all teachers: their attention masks padded frames and their convolution module zeroes them
+        first, so each utterance's frames equal its encoding alone (to float rounding, tested).
+        """
+        from espnet2.asr_transducer.utils import make_source_mask
+
+        items: List[Optional[Tuple[torch.Tensor, bool]]] = []
+        for speech in speeches:
+            x, x_len = self.features(speech)
+            if self.too_short(x.shape[1]):
+                items.append(None)
+                continue
+            mask = make_source_mask(x_len)
+            pos_enc = None
+            for stage in self.shared_stages:
+                x, mask = _run_stage(self._stage_modules[stage.name], stage.kind, x, mask, pos_enc)
+                if stage.kind == "embed":
+                    pos_enc = self.base.encoder.pos_enc(x)
+            batched = False
+            if self.teacher_stages and self.teacher_stages[0].kind == "embed":  # per utterance (padding is unsafe)
+                stage = self.teacher_stages[0]
+                x = self._vmapped(stage, self._stage_weights[stage.name], x, mask, None, False)  # [K, 1, T, D]
+                batched = True
+            items.append((x, batched))
+        valid = [it for it in items if it is not None]
+        if not valid:
+            return [None] * len(items)
+        rest = [s for s in self.teacher_stages if s.kind != "embed"]
+        lengths = [x.shape[-2] for x, _ in valid]
+        any_batched = any(b for _, b in valid)
+        dim = valid[0][0].shape[-1]
+        shape = (self.num_teachers, len(valid), max(lengths), dim) if any_batched else (len(valid), max(lengths), dim)
+        x = valid[0][0].new_zeros(shape)
+        for i, (xi, batched) in enumerate(valid):
+            if any_batched:
+                x[:, i, : lengths[i]] = xi[:, 0] if batched else xi[0]
+            else:
+                x[i, : lengths[i]] = xi[0]
+        mask = make_source_mask(torch.tensor(lengths, device=x.device))
+        pos_enc = self.base.encoder.pos_enc(x[0] if any_batched else x)
+        for stage in rest:
+            x = self._vmapped(stage, self._stage_weights[stage.name], x, mask, pos_enc, any_batched)
+            any_batched = True
+        if not any_batched:  # nothing teacher-specific in the encoder: one output serves every teacher
+            x = x.expand(self.num_teachers, *x.shape)
+        out, j = [], 0
+        for it in items:
+            if it is None:
+                out.append(None)
+            else:
+                out.append(x[:, j, : lengths[j]].contiguous())  # a copy: the padded batch can be freed
+                j += 1
+        return out
 
     # --------------------------------------------------------------------------------------------- memory
     def memory_report(self) -> Dict[str, int]:

@@ -36,6 +36,7 @@ from espnet_pate.ensemble.lockstep import (
     QueryLog,
     UtteranceResult,
     _aggregate,
+    encoder_of,
 )
 from espnet_pate.privacy.budget import PrivacyBudget
 from espnet_pate.privacy.mechanisms import REFUSED
@@ -98,8 +99,10 @@ def candidate_log_likelihoods(ensemble, enc: torch.Tensor, candidates: Sequence[
         if c:
             dec_in[i, 1: len(c) + 1] = torch.tensor(c)
             targets[i, : len(c)] = torch.tensor(c)
-    t_len = torch.full((C,), T, dtype=torch.long)
-    u_len = torch.tensor([len(c) for c in candidates], dtype=torch.long)
+    dev = enc.device
+    dec_in, targets = dec_in.to(dev), targets.to(dev)
+    t_len = torch.full((C,), T, dtype=torch.long, device=dev)
+    u_len = torch.tensor([len(c) for c in candidates], dtype=torch.long, device=dev)
     dec_proj = ensemble.joint.project_decoder(ensemble.decoder.sequence(dec_in))  # [K, C, U+1, J]
     enc_proj = ensemble.joint.project_encoder(enc)  # [K, T, J]
     per_teacher = C * T * (U + 1) * max(ensemble.vocab_size, dec_proj.shape[-1])
@@ -144,13 +147,11 @@ class UtteranceVoter:
 
     def decode(self, utt_ids: Sequence[str], load: Callable[[str], np.ndarray],
                budget: Optional[PrivacyBudget] = None,
-               encode: Optional[Callable[[str], torch.Tensor]] = None,
+               encode: Optional[Callable[[Sequence[str]], List[Optional[torch.Tensor]]]] = None,
                candidates: Optional[Callable[[str], List[List[int]]]] = None) -> DecodingResult:
-        """One query per utterance, in order. ``encode(u)`` / ``candidates(u)`` override the teachers' encoder
-        and the public n-best (e.g. cached: both are deterministic and the candidates are public)."""
-        from espnet2.asr_transducer.utils import TooShortUttError
-
-        encode = encode or (lambda u: self.ens.encode(load(u)))
+        """One query per utterance, in order. ``encode(utts)`` / ``candidates(u)`` override the teachers'
+        encoder and the public n-best (e.g. cached: both are deterministic and the candidates are public)."""
+        encode = encode or encoder_of(self.ens, load)
         candidates = candidates or (lambda u: public_candidates(self.public, load(u), self.nbest))
 
         results = {u: UtteranceResult(u, NOT_REACHED) for u in utt_ids}
@@ -164,12 +165,11 @@ class UtteranceVoter:
                 exhausted = True
                 break
             rows, hists = [], []
-            for u in order[start:start + self.batch_size]:
+            chunk = order[start:start + self.batch_size]
+            for u, enc in zip(chunk, encode(chunk)):
                 cands = candidates(u)
                 self.candidates[u] = cands
-                try:
-                    enc = encode(u)
-                except TooShortUttError:
+                if enc is None:
                     results[u].status = TOO_SHORT
                     continue
                 results[u].frames = int(enc.shape[1])
