@@ -22,7 +22,9 @@ from espnet_pate.ensemble.lockstep import (  # noqa: E402
 )
 from espnet_pate.ensemble.pate_labeling import RunSettings, run_cost  # noqa: E402
 from espnet_pate.ensemble.teachers import TeacherEnsemble  # noqa: E402
-from espnet_pate.ensemble.toy import build_toy_model, perturbed_copy, toy_utterances, write_toy_setup  # noqa: E402
+from espnet_pate.ensemble.toy import (  # noqa: E402
+    build_toy_model, perturbed_copy, reference_encoder, toy_utterances, write_toy_setup,
+)
 from espnet_pate.privacy.accounting import confident_gnmax_cost  # noqa: E402
 from espnet_pate.privacy.budget import PrivacyBudget  # noqa: E402
 from espnet_pate.privacy.mechanisms import REFUSED, ConfidentGNMax, GNMax  # noqa: E402
@@ -55,15 +57,6 @@ def toy(tmp_path_factory):
 def waves(toy):
     wav = read_table(toy["data"] / "wav.scp")
     return {u: soundfile.read(p, dtype="float32")[0] for u, p in wav.items()}
-
-
-def reference_encoder(model, wave):
-    with torch.no_grad():
-        x = torch.as_tensor(wave)[None]
-        feats, lens = model._extract_feats(x, torch.tensor([x.shape[1]]))
-        if model.normalize is not None:
-            feats, lens = model.normalize(feats, lens)
-        return model.encoder(feats, lens)[0][0]
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from espnet_pate.ensemble.toy import (  # noqa: E402
     TOP_TRAINABLE,
     build_toy_model,
     perturbed_copy,
+    reference_encoder,
     toy_utterances,
 )
 
@@ -31,15 +32,6 @@ def speech():
 
 def teachers(base, k=3, trainable=TOP_TRAINABLE, scale=0.1):
     return [perturbed_copy(base, seed=10 + i, scale=scale, trainable=trainable) for i in range(k)]
-
-
-def reference_encoder(model, wave):
-    with torch.no_grad():
-        x = torch.as_tensor(wave)[None]
-        feats, lens = model._extract_feats(x, torch.tensor([x.shape[1]]))
-        if model.normalize is not None:
-            feats, lens = model.normalize(feats, lens)
-        return model.encoder(feats, lens)[0][0]
 
 
 @pytest.mark.parametrize("trainable, shared", [

@@ -111,6 +111,16 @@ def perturbed_copy(model, seed: int, scale: float = 0.1, trainable: Sequence[str
     return out.eval()
 
 
+def reference_encoder(model, wave):
+    """One model's encoder output for one waveform, the way Speech2Text computes it (a test reference)."""
+    with torch.no_grad():
+        x = torch.as_tensor(wave)[None]
+        feats, lens = model._extract_feats(x, torch.tensor([x.shape[1]]))
+        if model.normalize is not None:
+            feats, lens = model.normalize(feats, lens)
+        return model.encoder(feats, lens)[0][0]
+
+
 def write_experiment(model, args, out_dir: os.PathLike | str, model_file: str = "valid.loss.ave.pth") -> Path:
     """``out_dir/config.yaml`` and ``out_dir/<model_file>`` as ESPnet's trainer leaves them."""
     out_dir = Path(out_dir)
