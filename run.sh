@@ -19,8 +19,9 @@
 #   --debug true|false         use conf/*_debug.yaml (default false)
 #   --nj N                     parallel jobs, e.g. teachers trained at once (default 2)
 #   --ngpu N                   GPUs per training job (default 0)
-#   --num_teachers K           teachers (default 10; debug 4)
-#   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default top)
+#   --num_teachers K           teachers (default 40; debug 4)
+#   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)
+#   --teacher_valid_utts N     teachers validate on N utterances of dev (default 50): K validations per epoch
 #   --partition_unit U         speaker | utterance (default speaker)
 #   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "1 8"; debug "8")
 #   --nbpe N                   sentencepiece vocabulary size (default 100)
@@ -39,7 +40,8 @@ debug=false
 nj=2
 ngpu=0
 num_teachers=""
-teacher_trainable=top
+teacher_trainable=head
+teacher_valid_utts=50
 partition_unit=speaker
 dpsgd_eps=""
 nbpe=100
@@ -57,7 +59,7 @@ help_message=$(sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//')
 . ./cmd.sh
 
 sfx=""; $debug && sfx=_debug
-[ -n "$num_teachers" ] || { $debug && num_teachers=4 || num_teachers=10; }
+[ -n "$num_teachers" ] || { $debug && num_teachers=4 || num_teachers=40; }
 python=python
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
 # Runs "$@" unless marker $1 exists; prints the command first so it can be copied and rerun by hand.
@@ -126,11 +128,15 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     --note "trained on public_labeled only"
   ${python} -m espnet_pate.bin.partition_data_dir "${datadir}/sensitive" "$shards_dir" \
     --num-shards "$num_teachers" --unit "$partition_unit"
+  teacher_valid=${datadir}/dev_${teacher_valid_utts}
+  run_step "${teacher_valid}/.done" ${python} -m espnet_pate.bin.subset_data_dir "${datadir}/dev" "$teacher_valid_utts" "$teacher_valid"
+  run_step "${shape_dir}/${teacher_valid##*/}/.done" ${python} -m espnet_pate.bin.make_shape_file "$teacher_valid" \
+    "${shape_dir}/${teacher_valid##*/}/speech_shape"
   # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
   log "teachers: ${teachers_dir}/teacher_{0..$((num_teachers - 1))} (logs: ${teachers_dir}/log/)"
   ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${teachers_dir}/log/teacher.JOB.log" \
     local/train_asr.sh --outdir "${teachers_dir}/teacher_JOB" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
-      --train "${shards_dir}/shard_JOB" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+      --train "${shards_dir}/shard_JOB" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
   for ((k = 0; k < num_teachers; k++)); do
     ${python} -m espnet_pate.bin.privacy_info "${teachers_dir}/teacher_${k}" --mechanism teacher \
       --note "trained without DP on one shard of sensitive: never released"
@@ -156,15 +162,25 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     mapfile -t texts < <(find "$pate_dir" -mindepth 2 -maxdepth 2 -name text | sort)
     [ ${#texts[@]} -gt 0 ] || { log "error: no pseudo-transcripts under ${pate_dir}: run stage 4 first"; exit 1; }
   fi
+  names=()
   for text in "${texts[@]}"; do
     name=$(basename "$(dirname "$text")")
     # A release can label nothing (every query refused or the budget spent at once): no student then.
     [ -s "$text" ] || { log "skip student_${name}: ${text} labels no utterance"; continue; }
-    student_data=${datadir}/student_${name}
-    run_step "${student_data}/.done" ${python} -m espnet_pate.bin.make_student_data \
-      "${datadir}/public_unlabeled" "$text" "$student_data"
-    train_asr "${expdir}/student_${name}" "${conf_dir}/train_student${sfx}.yaml" "$student_data" \
-      --init_param "${expdir}/public_only/valid.loss.ave.pth"
+    run_step "${datadir}/student_${name}/.done" ${python} -m espnet_pate.bin.make_student_data \
+      "${datadir}/public_unlabeled" "$text" "${datadir}/student_${name}"
+    if [ -f "${expdir}/student_${name}/.done" ]; then log "skip (done: ${expdir}/student_${name}/.done)"; else names+=("$name"); fi
+  done
+  if [ ${#names[@]} -gt 0 ]; then
+    # Students train in parallel (--nj); each resumes or skips on its own done marker.
+    log "students: ${names[*]/#/${expdir}/student_} (logs: ${expdir}/student_*/train.log)"
+    ${train_cmd} --max-jobs-run "$nj" STUDENT="$(IFS=,; echo "${names[*]}")" "${expdir}/student_STUDENT/train.log" \
+      local/train_asr.sh --outdir "${expdir}/student_STUDENT" --config "${conf_dir}/train_student${sfx}.yaml" \
+        --train "${datadir}/student_STUDENT" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+  fi
+  for text in "${texts[@]}"; do
+    name=$(basename "$(dirname "$text")")
+    [ -f "${expdir}/student_${name}/.done" ] || continue
     # The student sees sensitive data only through the released labels: it inherits their privacy claim.
     if [ -f "$(dirname "$text")/privacy.json" ]; then
       cp "$(dirname "$text")/privacy.json" "${expdir}/student_${name}/privacy.json"

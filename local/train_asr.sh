@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Usage: local/train_asr.sh --outdir DIR --config YAML --train DATA_DIR [--init_param PTH]
+# Usage: local/train_asr.sh --outdir DIR --config YAML --train DATA_DIR [--valid DATA_DIR] [--init_param PTH]
 #            [--train_module espnet_pate.bin.asr_transducer_train] [-- ESPNET_OPTIONS...]
 # Trains one ESPnet transducer model (by default ESPnet's task with torchaudio's RNN-T loss; DP-SGD uses
 # espnet_pate.bin.asr_transducer_dp_train) with the public tokenizer and the public feature statistics,
-# validating on dev. Skips a finished model (DIR/.done) and resumes an interrupted one from its last checkpoint.
+# validating on --valid (default: dev). Skips a finished model (DIR/.done) and resumes an interrupted one from
+# its last checkpoint.
 # Needs stage 2's outputs.
 set -euo pipefail
-outdir=""; config=""; train=""; init_param=""; train_module=espnet_pate.bin.asr_transducer_train
+outdir=""; config=""; train=""; valid=""; init_param=""; train_module=espnet_pate.bin.asr_transducer_train
 datadir=data; dumpdir=dump; expdir=exp; nbpe=100; ngpu=0
-help_message=$(sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//')
+help_message=$(sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//')
 extra=()
 for i in $(seq $#); do [ "${!i}" = "--" ] && { extra=("${@:i+1}"); set -- "${@:1:i-1}"; break; }; done
 . ./utils/parse_options.sh
@@ -16,8 +17,12 @@ for i in $(seq $#); do [ "${!i}" = "--" ] && { extra=("${@:i+1}"); set -- "${@:1
 [ -f "$outdir/.done" ] && { echo "skip $outdir (done)"; exit 0; }
 
 token_dir=${dumpdir}/token_list/bpe_unigram${nbpe}
-shape=${dumpdir}/shapes/$(echo "${train#"${datadir}"/}" | tr '/' '_')/speech_shape
-[ -f "$shape" ] || python -m espnet_pate.bin.make_shape_file "$train" "$shape"
+[ -n "$valid" ] || valid=${datadir}/dev
+shape_of() { echo "${dumpdir}/shapes/$(echo "${1#"${datadir}"/}" | tr '/' '_')/speech_shape"; }
+shape=$(shape_of "$train"); valid_shape=$(shape_of "$valid")
+for d in "$train" "$valid"; do
+  [ -f "$(shape_of "$d")" ] || python -m espnet_pate.bin.make_shape_file "$d" "$(shape_of "$d")"
+done
 init=(); [ -n "$init_param" ] && init=(--init_param "$init_param")
 cmd=(python -m "$train_module"
   --config "$config" --output_dir "$outdir" --ngpu "$ngpu" --resume true
@@ -26,9 +31,9 @@ cmd=(python -m "$train_module"
   --train_data_path_and_name_and_type "${train}/wav.scp,speech,sound"
   --train_data_path_and_name_and_type "${train}/text,text,text"
   --train_shape_file "$shape"
-  --valid_data_path_and_name_and_type "${datadir}/dev/wav.scp,speech,sound"
-  --valid_data_path_and_name_and_type "${datadir}/dev/text,text,text"
-  --valid_shape_file "${dumpdir}/shapes/dev/speech_shape"
+  --valid_data_path_and_name_and_type "${valid}/wav.scp,speech,sound"
+  --valid_data_path_and_name_and_type "${valid}/text,text,text"
+  --valid_shape_file "$valid_shape"
   "${init[@]}" "${extra[@]}")
 mkdir -p "$outdir"
 echo "# ${cmd[*]}"

@@ -12,6 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_TEACHERS = 4
+TEACHERS = f"teachers_head_k{NUM_TEACHERS}"  # run.sh's default trainable part
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def untrained_wer(recipe, set_name: str) -> float:
 def test_stages_leave_done_markers(recipe):
     exp = recipe["expdir"]
     assert (exp / "public_only" / ".done").exists()
-    teachers = sorted((exp / f"teachers_top_k{NUM_TEACHERS}").glob("teacher_*"))
+    teachers = sorted((exp / TEACHERS).glob("teacher_*"))
     assert len(teachers) == NUM_TEACHERS and all((t / ".done").exists() for t in teachers)
 
 
@@ -63,15 +64,24 @@ def test_training_beats_untrained_model(recipe):
     before = untrained_wer(recipe, "test")
     public = wer(exp / "public_only", "test")
     assert public < before, (public, before)
-    teacher_wers = [wer(t, "test") for t in sorted((exp / f"teachers_top_k{NUM_TEACHERS}").glob("teacher_*"))]
+    teacher_wers = [wer(t, "test") for t in sorted((exp / TEACHERS).glob("teacher_*"))]
     assert min(teacher_wers) < before
+
+
+def test_head_teachers_share_the_whole_public_encoder(recipe):
+    """Frozen means frozen: BatchNorm statistics too, so lock-step decoding runs the encoder once for all K."""
+    from espnet_pate.ensemble.teachers import TeacherEnsemble, teacher_dirs_in
+
+    ensemble = TeacherEnsemble.from_dirs(teacher_dirs_in(recipe["expdir"] / TEACHERS))
+    info = ensemble.describe()
+    assert info["teacher_stages"] == [] and info["shared_stages"], info
 
 
 def test_results_table_lists_every_system(recipe):
     table = (recipe["expdir"] / "RESULTS.md").read_text()
     assert re.search(r"^\| public_only \| 0 \| 0 \|", table, re.M)
     for k in range(NUM_TEACHERS):
-        assert f"| teachers_top_k{NUM_TEACHERS}/teacher_{k} |" in table
+        assert f"| {TEACHERS}/teacher_{k} |" in table
     assert "python -m espnet_pate.bin.decode_and_score" in table
     assert (recipe["expdir"] / "public_only" / "RESULTS.md").exists()
 

@@ -37,6 +37,16 @@ def test_run_local_runs_jobs_logs_each_and_reports_failures(tmp_path):
     assert bad.returncode == 1 and "log.2.txt" in bad.stderr and "log.1.txt" not in bad.stderr
 
 
+def test_run_local_runs_one_job_per_listed_word(tmp_path):
+    log = tmp_path / "NAME.log"
+    ok = subprocess.run(["utils/run_local.sh", "--max-jobs-run", "2", "NAME=gnmax_eps4,lnmax_eps8", str(log),
+                         "echo", "student_NAME"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    for name in ("gnmax_eps4", "lnmax_eps8"):
+        assert f"student_{name}\n" in (tmp_path / f"{name}.log").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gnmax_eps4.log", "lnmax_eps8.log"]
+
+
 def test_run_sh_help_lists_stages():
     out = subprocess.run(["./run.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "--stage N --stop-stage N" in out.stdout and "Stages:" in out.stdout

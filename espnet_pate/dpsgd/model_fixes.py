@@ -44,8 +44,8 @@ import logging
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
+from espnet_pate.asr.frozen_batch_norm import freeze_batch_norms, swap_class as _swap_class
 from espnet_pate.asr.rnnt_loss import RNNTLoss
 
 CONV_NORMS = ("frozen_batch_norm", "layer_norm")
@@ -61,15 +61,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _swap_class(module: torch.nn.Module, mixin: type, tag: str) -> None:
-    """Give ``module`` a subclass of its class with ``mixin``'s methods first (names/state_dict unchanged)."""
-    cls = type(module)
-    if getattr(cls, "_dp_exact_tag", None) == tag:
-        return
-    new_cls = type(f"DPExact{cls.__name__}", (mixin, cls), {"_dp_exact_tag": tag, "__module__": __name__})
-    module.__class__ = new_cls
-
-
 def _pair(v, i: int) -> int:
     return v[i] if isinstance(v, (tuple, list)) else v
 
@@ -129,14 +120,6 @@ class _ExactConvInputMixin:
 
 
 # -------------------------------------------------------------------------------------- 2. norms
-class _FrozenBatchNormMixin:
-    """BatchNorm that always uses (and never updates) its running statistics: per example, same keys."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-
-
 class ChannelLayerNorm(torch.nn.LayerNorm):
     """LayerNorm over channels of each frame of a (B, C, T) tensor (replacement for BatchNorm1d(C))."""
 
@@ -232,7 +215,7 @@ def make_dp_exact(
     changes["encoder.embed"] = "mask subsampled per example"
 
     # 2. normalisation layers that mix examples
-    frozen, replaced = [], []
+    replaced = []
     if conv_norm == "layer_norm":
         for name, mod in list(model.named_modules()):
             conv = getattr(mod, "norm", None)
@@ -246,12 +229,7 @@ def make_dp_exact(
             logging.warning(
                 "make_dp_exact(conv_norm='layer_norm'): %d BatchNorm replaced by LayerNorm; the stock Speech2Text "
                 "cannot decode such a checkpoint correctly", len(replaced))
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            if mod.running_mean is None:
-                raise ValueError(f"{name}: BatchNorm without running statistics cannot be frozen")
-            _swap_class(mod, _FrozenBatchNormMixin, "frozen_bn")
-            frozen.append(name)
+    frozen = freeze_batch_norms(model)
     changes["conv_norm"] = conv_norm
     changes["frozen_batch_norm"] = frozen
     changes["layer_norm"] = replaced

@@ -14,8 +14,9 @@ first teacher-specific stage on, every stage runs for all K teachers at once (``
 ``functional_call`` with the stacked tensors). The decoder (``StackedRNNDecoder``) and the joint network
 (``StackedJoint``) are batched by hand: one ``bmm`` per projection for all teachers.
 
-BatchNorm's ``num_batches_tracked`` counter is not compared (unused in eval mode). Its running statistics are:
-a "frozen" block trained in train mode still updates them, which makes it teacher-specific here.
+BatchNorm's ``num_batches_tracked`` counter is not compared (unused in eval mode). Its running statistics are;
+teachers trained by PateASRTransducerTask keep them frozen under ``freeze_param``, so a frozen block stays shared
+(older checkpoints, whose frozen blocks drifted on their shards, still decode: those blocks run per teacher).
 """
 from __future__ import annotations
 
