@@ -17,7 +17,7 @@
 # under exp/. Options:
 #   --stage N --stop-stage N   stages to run (default 1 and 7)
 #   --debug true|false         use conf/*_debug.yaml (default false)
-#   --nj N                     parallel jobs, e.g. teachers trained at once (default 2)
+#   --nj N                     parallel jobs: teachers, students, decodings at once (default 2)
 #   --ngpu N                   GPUs per training job (default 0)
 #   --num_teachers K           teachers (default 40; debug 4)
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)
@@ -25,6 +25,7 @@
 #   --partition_unit U         speaker | utterance (default speaker)
 #   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "1 8"; debug "8")
 #   --nbpe N                   sentencepiece vocabulary size (default 100)
+#   --score_teachers N         stage 7 decodes the first N teachers of each teacher set (default 5)
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
 #   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
 #   --datadir --dumpdir --expdir   output folders (default data dump exp)
@@ -45,6 +46,7 @@ teacher_valid_utts=50
 partition_unit=speaker
 dpsgd_eps=""
 nbpe=100
+score_teachers=5
 student_text=""
 results=""
 conf_dir=conf
@@ -215,10 +217,13 @@ fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   log "Stage 7: decoding and scoring on dev and test"
-  systems=$(find "$expdir" -mindepth 1 -maxdepth 3 -name valid.loss.ave.pth -printf '%h\n' | sort)
+  # Every trained system; of each teacher set only teacher_0 .. teacher_{N-1} (--score_teachers): K teachers
+  # would cost K decodings for a WER range that a few of them show.
+  systems=$(find "$expdir" -mindepth 1 -maxdepth 3 -name valid.loss.ave.pth -printf '%h\n' | sort -V |
+            awk -v n="$score_teachers" '!match($0, /\/teacher_[0-9]+$/) || substr($0, RSTART + 9) + 0 < n')
   [ -n "$results" ] || { $debug && results=${expdir}/RESULTS.md || results=RESULTS.md; }
   cmd=(${python} -m espnet_pate.bin.decode_and_score --decode-config "$decode_config" --data-dir "$datadir"
-       --sets dev test --exp-root "$expdir" --results "$results" $systems)
+       --sets dev test --exp-root "$expdir" --results "$results" --nj "$nj" $systems)
   log "run: ${cmd[*]}"
   "${cmd[@]}"
 fi

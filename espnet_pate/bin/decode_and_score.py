@@ -2,7 +2,7 @@
 `exp/<system>/RESULTS.md` and the top-level results table.
 
     python -m espnet_pate.bin.decode_and_score --decode-config conf/decode_transducer.yaml --data-dir data \
-        --sets dev test --results RESULTS.md exp/public_only exp/teachers_top_k10/teacher_0 ...
+        --sets dev test --results RESULTS.md --nj 2 exp/public_only exp/teachers_head_k40/teacher_0 ...
 
 A system's decoding of a set is kept in `exp/<system>/decode_<config>/<set>/{text,score.json}` and reused while
 it is newer than the model, so a rerun only decodes what changed.
@@ -10,14 +10,21 @@ it is newer than the model, so a rerun only decodes what changed.
 import argparse
 import json
 import logging
+import multiprocessing
 import shlex
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 from espnet_pate.asr.decode import MODEL_FILE, decode_data_dir, load_speech2text
 from espnet_pate.data.kaldi_dir import read_table, write_table
 from espnet_pate.report.results import read_privacy_info, relative_to_dpsgd, summary_md, system_results_md
 from espnet_pate.report.scoring import score_wer
+
+
+def _log_setup():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
 
 
 def score_system(system_dir: Path, decode_config: Path, data_dir: Path, sets, device: str):
@@ -51,15 +58,22 @@ def main(argv=None):
     p.add_argument("--results", default="RESULTS.md", help="the top-level table to write")
     p.add_argument("--exp-root", default=None, help="system names are shown relative to this (default: common parent)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--nj", type=int, default=1, help="systems decoded at once (processes)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
+    _log_setup()
     command = " ".join(shlex.quote(x) for x in ["python", "-m", "espnet_pate.bin.decode_and_score",
                                                 *(sys.argv[1:] if argv is None else argv)])
     decode_config, data_dir = Path(a.decode_config), Path(a.data_dir)
+    system_dirs = [Path(system) for system in a.systems]
+    args = (repeat(decode_config), repeat(data_dir), repeat(a.sets), repeat(a.device))
+    if a.nj > 1 and len(system_dirs) > 1:
+        # spawn, not fork: each worker starts its own torch (a forked OpenMP runtime can hang)
+        with ProcessPoolExecutor(a.nj, mp_context=multiprocessing.get_context("spawn"), initializer=_log_setup) as ex:
+            all_scores = list(ex.map(score_system, system_dirs, *args))
+    else:
+        all_scores = list(map(score_system, system_dirs, *args))
     rows = []
-    for system in a.systems:
-        system_dir = Path(system)
-        scores = score_system(system_dir, decode_config, data_dir, a.sets, a.device)
+    for system_dir, scores in zip(system_dirs, all_scores):
         name = system_dir.name if a.exp_root is None else str(system_dir.relative_to(a.exp_root))
         (system_dir / "RESULTS.md").write_text(system_results_md(name, scores, command, str(decode_config)))
         rows.append({"system": name, "scores": scores, "privacy": read_privacy_info(system_dir)})
