@@ -83,6 +83,7 @@ def test_results_table_lists_every_system(recipe):
     for k in range(NUM_TEACHERS):
         assert f"| {TEACHERS}/teacher_{k} |" in table
     assert "python -m espnet_pate.bin.decode_and_score" in table
+    assert "withheld words test %" in table  # from the corpus's withheld_words.txt
     assert (recipe["expdir"] / "public_only" / "RESULTS.md").exists()
 
 

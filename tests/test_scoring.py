@@ -4,7 +4,7 @@ import math
 import pytest
 
 from espnet_pate.report.results import relative_to_dpsgd, summary_md
-from espnet_pate.report.scoring import score_wer
+from espnet_pate.report.scoring import keyword_recall, score_wer
 
 
 def test_wer_counts_errors_and_missing_hypotheses():
@@ -35,3 +35,21 @@ def test_summary_table_rows_and_relative_change():
     table = summary_md(rows, "cmd")
     assert "| student_gnmax_eps8 | 7.5 | 1e-05 | speaker | 30.00 | 12.50 | 80% | -25.0% |" in table
     assert "| nonprivate | inf | - | - | 10.00 | - | - | - |" in table
+
+
+def test_keyword_recall_counts_each_occurrence_once():
+    ref = {"a": "navigate to the airport via the bakery", "b": "call aisha and aisha", "c": "play music"}
+    hyp = {"a": "navigate to the airport", "b": "call aisha"}
+    r = keyword_recall(ref, hyp, ["airport", "bakery", "aisha", "navigate"])
+    # a: navigate, airport hit, bakery missed; b: aisha twice in the reference, once in the hypothesis.
+    assert (r.hits, r.occurrences) == (3, 5) and r.recall == pytest.approx(60.0)
+    assert math.isnan(keyword_recall({"c": "play music"}, {}, ["airport"]).recall)
+
+
+def test_summary_table_shows_withheld_word_recall_where_scored():
+    kw = {"recall": 25.0, "hits": 1, "occurrences": 4}
+    rows = [{"system": "teacher", "scores": {"test": {"wer": 20.0, "keywords": kw}}, "privacy": {}},
+            {"system": "old", "scores": {"test": {"wer": 30.0}}, "privacy": {}}]
+    table = summary_md(rows, "cmd")
+    assert "withheld words test %" in table
+    assert "| teacher | - | - | - | 20.00 | 25.0 |" in table and "| old | - | - | - | 30.00 | - |" in table

@@ -40,6 +40,11 @@ def system_results_md(system: str, scores: Mapping[str, Mapping], command: str, 
     for name, s in scores.items():
         lines.append(f"| {name} | {s['wer']:.2f} | {s['substitutions']} | {s['deletions']} | {s['insertions']} "
                      f"| {s['ref_words']} | {s['utterances']} |")
+    for name, s in scores.items():
+        if "keywords" in s:
+            k = s["keywords"]
+            lines.append(f"\n{name}: {k['hits']} of {k['occurrences']} keyword occurrences recognised "
+                         f"({k['recall']:.1f}%).")
     lines += ["", "Command:", "", "```sh", command, "```", ""]
     return "\n".join(lines)
 
@@ -47,20 +52,27 @@ def system_results_md(system: str, scores: Mapping[str, Mapping], command: str, 
 def summary_md(rows: List[Dict], command: str) -> str:
     """The recipe's table: one row per system and budget."""
     sets = sorted({s for r in rows for s in r["scores"]}, key=lambda s: (s != "dev", s))
-    head = ["system", "epsilon", "delta", "unit", *[f"WER {s} %" for s in sets], "pseudo-label WER %",
-            "labelled", "vs DP-SGD (test)"]
+    keyword_sets = [s for s in sets if any("keywords" in r["scores"].get(s, {}) for r in rows)]
+    head = ["system", "epsilon", "delta", "unit", *[f"WER {s} %" for s in sets],
+            *[f"withheld words {s} %" for s in keyword_sets], "pseudo-label WER %", "labelled", "vs DP-SGD (test)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         p = r["privacy"]
         cells = [r["system"], _fmt_eps(p.get("epsilon")), _fmt_eps(p.get("delta")), p.get("unit", "-")]
         cells += [f"{r['scores'][s]['wer']:.2f}" if s in r["scores"] else "-" for s in sets]
+        cells += [f"{r['scores'][s]['keywords']['recall']:.1f}" if "keywords" in r["scores"].get(s, {}) else "-"
+                  for s in keyword_sets]
         plw = p.get("pseudo_label_wer")
         cells.append("-" if plw is None else f"{plw:.2f}")
         frac = p.get("labelled_fraction")
         cells.append("-" if frac is None else f"{100 * frac:.0f}%")
         cells.append(r.get("vs_dpsgd", "-"))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(["# Results", "", *lines, "", "Command:", "", "```sh", command, "```", ""])
+    notes = []
+    if keyword_sets:
+        notes = ["", "withheld words: the recall of the words that public_labeled never holds (only the sensitive "
+                 "data can teach them), in the references of that set."]
+    return "\n".join(["# Results", "", *lines, *notes, "", "Command:", "", "```sh", command, "```", ""])
 
 
 def _budget(row: Dict):
