@@ -219,7 +219,7 @@ def test_configuration_errors_and_calibration():
         path = Path(__file__).resolve().parents[1] / "conf" / name
         c = pate_labeling.load_config(path)
         for run, entry in c["runs"].items():
-            resolve_entry(run, entry, c.get("defaults") or {}, 10 if name == "pate.yaml" else 4)
+            resolve_entry(run, entry, c.get("defaults") or {}, 40 if name == "pate.yaml" else 4)
 
 
 def test_agreement_survey_releases_nothing(toy, tmp_path, capsys):
