@@ -194,23 +194,27 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  log "Stage 6: baselines: non-private fine-tune on all of sensitive (epsilon infinite)"
-  train_asr "${expdir}/nonprivate" "${conf_dir}/train_teacher_full${sfx}.yaml" "${datadir}/sensitive" \
-    --init_param "${expdir}/public_only/valid.loss.ave.pth"
+  # The public model fine-tuned on all of sensitive: without DP (epsilon infinite), and with DP-SGD once per
+  # target epsilon (local/train_baseline.sh). Each DP-SGD run writes its own privacy.json, dp_report.json and
+  # config.yaml's dp_report; an interrupted run resumes from its checkpoint with the accountant's state. The privacy
+  # unit follows --partition_unit, so that DP-SGD and PATE are compared at the same unit.
+  [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="1 8"; }
+  baselines=(nonprivate); for eps in $dpsgd_eps; do baselines+=("dpsgd_eps${eps}"); done
+  log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}"
+  todo=()
+  for b in "${baselines[@]}"; do
+    if [ -f "${expdir}/${b}/.done" ]; then log "skip (done: ${expdir}/${b}/.done)"; else todo+=("$b"); fi
+  done
+  if [ ${#todo[@]} -gt 0 ]; then
+    log "training in parallel (--nj ${nj}): ${todo[*]/#/${expdir}/} (logs: ${expdir}/<baseline>/train.log)"
+    ${train_cmd} --max-jobs-run "$nj" BASELINE="$(IFS=,; echo "${todo[*]}")" "${expdir}/BASELINE/train.log" \
+      local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_teacher_full${sfx}.yaml" \
+        --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" $train_opts
+  fi
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
     --unit utterance --note "fine-tuned on all of sensitive without DP"
-  # DP-SGD baselines: the same public model fine-tuned on sensitive with DP-SGD, one run per target epsilon
-  # (espnet_pate.bin.asr_transducer_dp_train: ESPnet's trainer with exact per-example clipping, Poisson sampling
-  # and noise calibrated to the target before training). Each run writes its own privacy.json, dp_report.json and
-  # config.yaml's dp_report; an interrupted run resumes from its checkpoint with the accountant's state.
-  # The privacy unit follows --partition_unit, so that DP-SGD and PATE are compared at the same unit.
-  [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="1 8"; }
   for eps in $dpsgd_eps; do
     dp_dir=${expdir}/dpsgd_eps${eps}
-    log "Stage 6: DP-SGD fine-tune on sensitive, target epsilon ${eps}, ${partition_unit} unit: ${dp_dir}"
-    train_asr "$dp_dir" "${conf_dir}/train_dpsgd${sfx}.yaml" "${datadir}/sensitive" \
-      --init_param "${expdir}/public_only/valid.loss.ave.pth" --train_module espnet_pate.bin.asr_transducer_dp_train \
-      -- --dp_target_epsilon "$eps" --dp_unit "$partition_unit"
     [ -f "${dp_dir}/privacy.json" ] || { log "error: no ${dp_dir}/privacy.json (see ${dp_dir}/train.log)"; exit 1; }
   done
 fi
