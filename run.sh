@@ -23,7 +23,8 @@
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)
 #   --teacher_valid_utts N     teachers validate on N utterances of dev (default 50): K validations per epoch
 #   --partition_unit U         speaker | utterance (default speaker)
-#   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "1 8"; debug "8")
+#   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "4 8", the budgets of
+#                              conf/pate.yaml, so that both methods compare at equal epsilon; debug "8")
 #   --nbpe N                   sentencepiece vocabulary size (default 100)
 #   --score_teachers N         stage 7 decodes the first N teachers of each teacher set (default 5)
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
@@ -198,7 +199,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   # target epsilon (local/train_baseline.sh). Each DP-SGD run writes its own privacy.json, dp_report.json and
   # config.yaml's dp_report; an interrupted run resumes from its checkpoint with the accountant's state. The privacy
   # unit follows --partition_unit, so that DP-SGD and PATE are compared at the same unit.
-  [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="1 8"; }
+  [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="4 8"; }
   baselines=(nonprivate); for eps in $dpsgd_eps; do baselines+=("dpsgd_eps${eps}"); done
   log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}"
   todo=()
