@@ -82,9 +82,10 @@ def test_end_to_end_reports_ledger_and_rerun(toy, tmp_path):
 
             assert r["pseudo_label_wer"] == pytest.approx(score_wer({u: ref[u] for u in labels}, labels).wer)
         info = read_privacy_info(d)
-        for key in ("epsilon", "delta", "unit", "mechanism", "accountant", "data_dependent", "pseudo_label_wer",
-                    "labelled_fraction"):
+        for key in ("epsilon", "target_epsilon", "delta", "unit", "mechanism", "accountant", "data_dependent",
+                    "pseudo_label_wer", "labelled_fraction"):
             assert key in info, key
+        assert info["epsilon"] <= info["target_epsilon"]
         assert info["epsilon"] == r["epsilon_headline"] and info["unit"] == "speaker"
         md = (d / "privacy_report.md").read_text()
         assert "NOT FOR RELEASE" in md and "agreement" in md
@@ -101,6 +102,11 @@ def test_end_to_end_reports_ledger_and_rerun(toy, tmp_path):
     assert [r["run_status"] for r in again] == ["reused"] * len(RUNS)
     assert (out / "ledger.jsonl").read_bytes() == before
     assert {r["name"]: (out / r["name"] / "text").read_bytes() for r in again} == texts
+    # privacy.json is refreshed from the recorded report (e.g. one written before a field was added)
+    stale = out / reports[0]["name"] / "privacy.json"
+    stale.write_text(json.dumps({"epsilon": reports[0]["epsilon_headline"]}))
+    run_stage4(conf(), inputs(toy, out), seed=123)
+    assert read_privacy_info(stale.parent)["target_epsilon"] == reports[0]["target_eps"]
 
 
 def test_killed_between_ledger_and_text_does_not_spend_twice(toy, tmp_path, monkeypatch):

@@ -482,9 +482,23 @@ def _headline(s: RunSettings, bundle: dict) -> float:
     return summ["eps"] if s.accounting == "data_dependent" else summ["eps_data_independent"]
 
 
+def _write_privacy_json(out: Path, report: dict) -> None:
+    """privacy.json from a release's report; rewritten when a release is reused, so it follows the current fields.
+    target_epsilon is the budget the run was calibrated to: results rows meet DP-SGD's on it."""
+    from espnet_pate.report.results import write_privacy_info
+
+    write_privacy_info(out, epsilon=report["epsilon_headline"], target_epsilon=report["target_eps"],
+                       delta=report["delta"], unit=report["privacy_unit"],
+                       mechanism=f"PATE {report['mechanism']} ({report['level']} level, "
+                                 f"{report['num_teachers']} teachers)",
+                       accountant=report["accountant"], data_dependent=report["data_dependent"],
+                       epsilon_data_independent=report["epsilon"]["data_independent"],
+                       pseudo_label_wer=report["pseudo_label_wer"], labelled_fraction=report["labelled_fraction"],
+                       not_for_release=report["not_for_release"], release_id=report["release_id"])
+
+
 def _finalise(ctx: _Context, s: RunSettings, out: Path, bundle: dict, release_id: str, ledger: PrivacyLedger,
               status: str) -> dict:
-    from espnet_pate.report.results import write_privacy_info
     from espnet_pate.report.scoring import score_wer
 
     pending = out / PENDING
@@ -537,12 +551,7 @@ def _finalise(ctx: _Context, s: RunSettings, out: Path, bundle: dict, release_id
     }
     _write_fsync(out / REPORT_JSON, (json.dumps(report, indent=1, sort_keys=True, default=float) + "\n").encode())
     _write_fsync(out / REPORT_MD, report_markdown(report).encode())
-    write_privacy_info(out, epsilon=headline, delta=s.delta, unit=ctx.inputs.unit,
-                       mechanism=f"PATE {s.mechanism} ({s.level} level, {ctx.ens.num_teachers} teachers)",
-                       accountant=summ["accountant"], data_dependent=s.accounting == "data_dependent",
-                       epsilon_data_independent=eps["data_independent"],
-                       pseudo_label_wer=report["pseudo_label_wer"], labelled_fraction=report["labelled_fraction"],
-                       not_for_release=bundle["seed_fixed"], release_id=release_id)
+    _write_privacy_json(out, report)
     shutil.rmtree(pending, ignore_errors=True)
     return report
 
@@ -593,6 +602,7 @@ def label_entry(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, seed: Opti
                     log.info("%s: release %s already recorded; reusing %s (nothing spent)", s.name, release_id,
                              out / TEXT)
                     report["run_status"] = "reused"
+                    _write_privacy_json(out, report)
                     return report
             if meta is not None:  # killed after the rename, before the reports
                 return _finalise(ctx, s, out, meta, release_id, ledger, "resumed")
