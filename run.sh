@@ -82,6 +82,15 @@ shape_dir=${dumpdir}/shapes
 decode_config=${conf_dir}/decode_transducer.yaml
 all_sets="public_labeled sensitive public_unlabeled public_unlabeled_diff dev test"
 
+# unfinished PREFIX NAME...: sets todo=(the NAMEs whose model ${expdir}/PREFIX<NAME> has no .done marker) and logs
+# the others as skipped. Parallel jobs get only unfinished models: a job's log would replace a finished one's.
+unfinished() {
+  local prefix=$1 n; shift; todo=()
+  for n in "$@"; do
+    if [ -f "${expdir}/${prefix}${n}/.done" ]; then log "skip (done: ${expdir}/${prefix}${n}/.done)"; else todo+=("$n"); fi
+  done
+}
+
 train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --nbpe $nbpe --ngpu $ngpu"
 # train_asr OUTDIR CONFIG TRAIN_DIR [--init_param PTH]: one model, logged to OUTDIR/train.log.
 train_asr() {
@@ -172,12 +181,13 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     [ -s "$text" ] || { log "skip student_${name}: ${text} labels no utterance"; continue; }
     run_step "${datadir}/student_${name}/.done" ${python} -m espnet_pate.bin.make_student_data \
       "${datadir}/public_unlabeled" "$text" "${datadir}/student_${name}"
-    if [ -f "${expdir}/student_${name}/.done" ]; then log "skip (done: ${expdir}/student_${name}/.done)"; else names+=("$name"); fi
+    names+=("$name")
   done
-  if [ ${#names[@]} -gt 0 ]; then
-    # Students train in parallel (--nj); each resumes or skips on its own done marker.
-    log "students: ${names[*]/#/${expdir}/student_} (logs: ${expdir}/student_*/train.log)"
-    ${train_cmd} --max-jobs-run "$nj" STUDENT="$(IFS=,; echo "${names[*]}")" "${expdir}/student_STUDENT/train.log" \
+  unfinished student_ "${names[@]}"
+  if [ ${#todo[@]} -gt 0 ]; then
+    # Students train in parallel (--nj); an interrupted one resumes from its checkpoint.
+    log "students: ${todo[*]/#/${expdir}/student_} (logs: ${expdir}/student_*/train.log)"
+    ${train_cmd} --max-jobs-run "$nj" STUDENT="$(IFS=,; echo "${todo[*]}")" "${expdir}/student_STUDENT/train.log" \
       local/train_asr.sh --outdir "${expdir}/student_STUDENT" --config "${conf_dir}/train_student${sfx}.yaml" \
         --train "${datadir}/student_STUDENT" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
   fi
@@ -202,10 +212,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="4 8"; }
   baselines=(nonprivate); for eps in $dpsgd_eps; do baselines+=("dpsgd_eps${eps}"); done
   log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}"
-  todo=()
-  for b in "${baselines[@]}"; do
-    if [ -f "${expdir}/${b}/.done" ]; then log "skip (done: ${expdir}/${b}/.done)"; else todo+=("$b"); fi
-  done
+  unfinished "" "${baselines[@]}"
   if [ ${#todo[@]} -gt 0 ]; then
     log "training in parallel (--nj ${nj}): ${todo[*]/#/${expdir}/} (logs: ${expdir}/<baseline>/train.log)"
     ${train_cmd} --max-jobs-run "$nj" BASELINE="$(IFS=,; echo "${todo[*]}")" "${expdir}/BASELINE/train.log" \

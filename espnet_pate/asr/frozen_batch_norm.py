@@ -17,9 +17,9 @@ import torch.nn.functional as F
 def swap_class(module: torch.nn.Module, mixin: type, tag: str) -> None:
     """Give ``module`` a subclass of its class with ``mixin``'s methods first (names/state_dict unchanged)."""
     cls = type(module)
-    if getattr(cls, "_dp_exact_tag", None) == tag:
+    if getattr(cls, "_swapped_tag", None) == tag:
         return
-    new_cls = type(f"DPExact{cls.__name__}", (mixin, cls), {"_dp_exact_tag": tag, "__module__": __name__})
+    new_cls = type(f"Patched{cls.__name__}", (mixin, cls), {"_swapped_tag": tag, "__module__": __name__})
     module.__class__ = new_cls
 
 
