@@ -3,6 +3,8 @@
     python -m espnet_pate.bin.pate_analysis --votes VOTES.npy --mechanism {gnmax,lnmax,confident_gnmax}
         [--sigma S] [--sigma1 S1 --threshold T --sigma2 S2] [--laplace-scale B]
         [--answered-rows ROWS.json] [--queries N] --delta D [--seed SEED]
+    python -m espnet_pate.bin.pate_analysis --mechanism plurality --sigma S --threshold T --queries Q --delta D
+        [--accountant rdp|pld]
 
 VOTES.npy holds one row of vote counts per query; ``--queries N`` keeps its first N rows. Prints one JSON
 object with ``eps`` (data-dependent, improved conversion) and its ``order``, ``eps_classic`` / ``order_classic``,
@@ -17,6 +19,10 @@ that were actually produced.
 
 The data-dependent figures depend on the sensitive votes; they are not released through smooth sensitivity by
 this tool (see espnet_pate.privacy.smooth_sensitivity).
+
+The thresholded plurality of teacher transcripts (espnet_pate.privacy.plurality) needs no votes: every query asked
+is paid, so its cost depends on the settings alone. Its JSON has ``eps`` (the total, eps_gaussian at
+delta_G = D - Q beta plus Q log(1/(1-beta))), ``beta`` and the parts.
 """
 
 from __future__ import annotations
@@ -30,33 +36,41 @@ import numpy as np
 
 from espnet_pate.privacy.accounting import confident_gnmax_cost, gnmax_cost, lnmax_cost
 from espnet_pate.privacy.mechanisms import ConfidentGNMax
+from espnet_pate.privacy.plurality import ACCOUNTANTS, plurality_cost
 
-MECHANISMS = ("gnmax", "lnmax", "confident_gnmax")
+MECHANISMS = ("gnmax", "lnmax", "confident_gnmax", "plurality")
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m espnet_pate.bin.pate_analysis",
                                 description="PATE privacy accounting (data-dependent and data-independent RDP).")
-    p.add_argument("--votes", required=True, help=".npy file: one row of vote counts per query")
+    p.add_argument("--votes", help=".npy file: one row of vote counts per query (not for plurality)")
     p.add_argument("--mechanism", required=True, choices=MECHANISMS)
     p.add_argument("--sigma", type=float, help="GNMax noise standard deviation")
     p.add_argument("--sigma1", type=float, help="Confident-GNMax threshold noise standard deviation")
-    p.add_argument("--threshold", type=float, help="Confident-GNMax threshold T")
+    p.add_argument("--threshold", type=float, help="Confident-GNMax or plurality threshold T")
     p.add_argument("--sigma2", type=float, help="Confident-GNMax answer noise standard deviation")
     p.add_argument("--laplace-scale", type=float, help="LNMax Laplace scale b = 1/gamma")
     p.add_argument("--answered-rows", help="JSON list of 0-based rows the threshold step answered")
     p.add_argument("--queries", type=int, help="use the first N rows only")
     p.add_argument("--delta", type=float, required=True)
     p.add_argument("--seed", type=int, help="seed for simulating the threshold step (not for release)")
+    p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp",
+                   help="plurality: RDP (what the ledger composes) or the tighter PLD of its Gaussian part")
     return p
 
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
-    needs = {"gnmax": ["sigma"], "lnmax": ["laplace_scale"], "confident_gnmax": ["sigma1", "threshold", "sigma2"]}
+    needs = {"gnmax": ["sigma"], "lnmax": ["laplace_scale"], "confident_gnmax": ["sigma1", "threshold", "sigma2"],
+             "plurality": ["sigma", "threshold", "queries"]}
     for name in needs[args.mechanism]:
         if getattr(args, name) is None:
             p.error(f"--mechanism {args.mechanism} needs --{name.replace('_', '-')}")
-    for name in {n for v in needs.values() for n in v} - set(needs[args.mechanism]):
+    if (args.votes is None) != (args.mechanism == "plurality"):
+        p.error("--votes is required, except for --mechanism plurality, which needs none")
+    if args.mechanism != "plurality" and args.accountant != "rdp":
+        p.error("--accountant applies to --mechanism plurality only")
+    for name in {n for v in needs.values() for n in v} - set(needs[args.mechanism]) - {"queries"}:
         if getattr(args, name) is not None:
             p.error(f"--{name.replace('_', '-')} does not apply to --mechanism {args.mechanism}")
     if args.mechanism != "confident_gnmax" and (args.answered_rows is not None or args.seed is not None):
@@ -91,6 +105,8 @@ def _answered_mask(path: str, num_queries: int) -> np.ndarray:
 
 
 def analyse(args) -> dict:
+    if args.mechanism == "plurality":
+        return plurality_cost(args.sigma, args.threshold, args.queries, args.delta, args.accountant).summary()
     votes = _load_votes(args.votes, args.queries)
     if args.mechanism == "gnmax":
         return gnmax_cost(votes, args.sigma).summary(args.delta)

@@ -84,8 +84,8 @@ def _stack_or_share(tensors: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, bool
 class StackedRNNDecoder:
     """ESPnet's ``RNNDecoder`` (LSTM or GRU, any number of layers) for K teachers at once.
 
-    ``step(labels [B], state) -> (out [K, B, H], state)`` feeds the same label to every teacher (the released
-    prefix is common); states are ``(h [L, K, B, H], c [L, K, B, H] or None)``. Eval mode: dropout is off.
+    ``step(labels [B] or [K, B], state) -> (out [K, B, H], state)`` feeds the same label to every teacher (the
+    released prefix is common) or each teacher its own; states are ``(h [L, K, B, H], c [L, K, B, H] or None)``. Eval mode: dropout is off.
     """
 
     def __init__(self, weights: Dict[str, torch.Tensor], num_layers: int, rnn_type: str, hidden_size: int):
@@ -106,7 +106,12 @@ class StackedRNNDecoder:
         return h, (h.clone() if self.rnn_type == "lstm" else None)
 
     def step(self, labels: torch.Tensor, state):
-        x = self.embed[:, labels]  # [K, B, E]
+        """labels [B], the same for every teacher (a released prefix), or [K, B], one per teacher (each teacher
+        decoding on its own)."""
+        if labels.dim() == 2:
+            x = self.embed[torch.arange(self.num_teachers, device=labels.device)[:, None], labels]  # [K, B, E]
+        else:
+            x = self.embed[:, labels]  # [K, B, E]
         h_prev, c_prev = state
         hs, cs = [], []
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
