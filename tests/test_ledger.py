@@ -1,4 +1,4 @@
-"""The privacy ledger: crash safety, idempotent releases, the budget."""
+"""The privacy ledger: crash safety, idempotent releases, the fixed budget, additive terms, the release lock."""
 
 import json
 import logging
@@ -14,9 +14,13 @@ from espnet_pate.privacy.conversion import eps_improved
 from espnet_pate.privacy.ledger import (
     BudgetExceededError,
     LedgerCorruptError,
+    LedgerMismatchError,
+    LedgerMissingError,
     PrivacyLedger,
     ReleaseConflictError,
+    _line,
     make_release_id,
+    read_budget_config,
 )
 from espnet_pate.privacy.orders import DEFAULT_ORDERS
 from espnet_pate.privacy.rdp_gnmax import rdp_gnmax_data_independent
@@ -115,22 +119,156 @@ def test_torn_last_record_is_ignored_and_cut_before_the_next_append(tmp_path, ca
     assert [r.what for r in PrivacyLedger(path).releases] == ["r0", "r1", "r3"]
 
 
-def test_bad_last_line_is_a_crash_artefact_bad_middle_line_is_corruption(tmp_path, caplog):
+def test_a_corrupt_complete_line_is_an_error_naming_file_and_line_the_last_one_included(tmp_path):
     path = str(tmp_path / "ledger.jsonl")
-    ledger = PrivacyLedger(path)
+    ledger = PrivacyLedger(path, eps_budget=10, delta=1e-5)
     record(ledger, "r0")
     record(ledger, "r1")
-    with open(path, "ab") as f:
-        f.write(b"\x00\x00\x00\n")  # e.g. zeros a file system left after a power cut
-    with caplog.at_level(logging.WARNING):
-        assert [r.what for r in PrivacyLedger(path).releases] == ["r0", "r1"]
-    assert "torn" in caplog.text
+    good = open(path, "rb").read()
     raw = lines(path)
-    raw[1] = raw[1].replace(b'"what":"r0"', b'"what":"rX"')  # checksum no longer matches
+    raw[2] = raw[2].replace(b'"what":"r1"', b'"what":"rX"')  # the last complete line: checksum no longer matches
+    with open(path, "wb") as f:
+        f.write(b"\n".join(raw))
+    with pytest.raises(LedgerCorruptError, match=f"{path}: line 3"):
+        PrivacyLedger(path)
+    with open(path, "wb") as f:  # zeros a file system left after a power cut, ending in a newline
+        f.write(good + b"\x00\x00\x00\n")
+    with pytest.raises(LedgerCorruptError, match="line 4"):
+        PrivacyLedger(path)
+    raw = good.split(b"\n")
+    raw[1] = raw[1].replace(b'"what":"r0"', b'"what":"rX"')
     with open(path, "wb") as f:
         f.write(b"\n".join(raw))
     with pytest.raises(LedgerCorruptError, match="line 2"):
         PrivacyLedger(path)
+
+
+def test_the_header_fixes_budget_and_delta(tmp_path):
+    path = str(tmp_path / "ledger.jsonl")
+    PrivacyLedger(path, eps_budget=8, delta=1e-5)
+    for budget, delta in ((16, 1e-5), (8, 1e-6)):
+        with pytest.raises(LedgerMismatchError) as err:
+            PrivacyLedger(path, eps_budget=budget, delta=delta)
+        assert "eps=8 at delta=1e-05" in str(err.value) and f"eps={budget:g} at delta={delta:g}" in str(err.value)
+    with pytest.raises(LedgerMismatchError):
+        PrivacyLedger(path, delta=1e-6)
+    with pytest.raises(LedgerMismatchError, match="conversion"):
+        PrivacyLedger(path, conversion="classic")
+    opened = PrivacyLedger(path)  # without a budget: the header's
+    assert (opened.eps_budget, opened.delta) == (8.0, 1e-5)
+    record(opened, "r0", 286)
+    with pytest.raises(BudgetExceededError):
+        for i in range(10):
+            record(opened, f"more{i}", 286)
+    with pytest.raises(LedgerMismatchError):  # a budget-less ledger cannot be given one later
+        PrivacyLedger(str(tmp_path / "free.jsonl"))
+        PrivacyLedger(str(tmp_path / "free.jsonl"), eps_budget=8, delta=1e-5)
+    with pytest.raises(LedgerMissingError, match="missing.jsonl"):
+        PrivacyLedger(str(tmp_path / "missing.jsonl"), create=False)
+
+
+def test_budget_config_is_read_with_clear_errors(tmp_path):
+    conf = tmp_path / "privacy.yaml"
+    conf.write_text("eps_budget: 24\ndelta: 1.0e-5\n")
+    assert read_budget_config(str(conf)) == (24.0, 1e-5)
+    conf.write_text("eps_budget: 24\n")
+    with pytest.raises(ValueError, match=f"{conf}: missing key delta"):
+        read_budget_config(str(conf))
+    conf.write_text("eps_budget: 24\ndelta: 1e-5\nbudget: 3\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        read_budget_config(str(conf))
+    for name in ("privacy.yaml", "privacy_debug.yaml"):
+        eps, delta = read_budget_config(os.path.join(REPO, "conf", name))
+        assert eps > 0 and 0 < delta < 1
+
+
+def test_additive_terms_compose_after_the_rdp_conversion(tmp_path):
+    """The thresholded plurality: an RDP curve plus (eps_extra, delta_extra) per release (PRIVACY.md)."""
+    ledger = PrivacyLedger(str(tmp_path / "ledger.jsonl"), eps_budget=20, delta=1e-5)
+    record(ledger, "gnmax", 100)
+    record(ledger, "plurality-a", 50, eps_extra=0.3, delta_extra=2e-6)
+    record(ledger, "plurality-b", 10, eps_extra=0.2, delta_extra=3e-6)
+    # independent: the curves' sum converted at delta minus the additive deltas, plus the additive epsilons
+    want = eps_improved(curve(160), 1e-5 - 5e-6)[0] + 0.5
+    assert ledger.spent()[0] == pytest.approx(want, rel=1e-12)
+    assert ledger.spent()[0] > eps_improved(curve(160), 1e-5)[0] + 0.5  # a smaller delta costs more
+    fits, total = ledger.check_fits(curve(1), eps_extra=0.1, delta_extra=1e-6)
+    assert fits and total == pytest.approx(eps_improved(curve(161), 4e-6)[0] + 0.6, rel=1e-12)
+    assert ledger.check_fits(curve(0) * 0, delta_extra=5e-6) == (False, np.inf)  # delta_extra would reach delta
+    size = os.path.getsize(str(tmp_path / "ledger.jsonl"))
+    with pytest.raises(BudgetExceededError, match="not below the ledger's delta"):
+        record(ledger, "too-much-delta", 1, delta_extra=5e-6)
+    fits, total = ledger.check_fits(curve(100000))
+    assert not fits and total > 20
+    with pytest.raises(BudgetExceededError):
+        record(ledger, "too-much-eps", 100000)
+    assert os.path.getsize(str(tmp_path / "ledger.jsonl")) == size and len(ledger.releases) == 3
+    with pytest.raises(ReleaseConflictError):  # the additive terms are part of a release's cost
+        record(ledger, "plurality-b", 10, eps_extra=0.25, delta_extra=3e-6)
+    with pytest.raises(ValueError, match="no epsilon holds"):
+        ledger.spent(delta=4e-6)
+
+
+def test_format_1_ledgers_are_read_with_zero_additive_terms(tmp_path):
+    path = tmp_path / "old.jsonl"
+    header = {"kind": "header", "format_version": 1, "orders_id": "ref2018-297",
+              "orders": DEFAULT_ORDERS.tolist(), "eps_budget": 10.0, "delta": 1e-5, "conversion": "improved",
+              "time": ""}
+    rel = {"kind": "release", "release_id": "old-1", "what": "labels", "mechanism": "gnmax", "params": {},
+           "queries": 100, "rdp": curve(100).tolist(), "data_dependent": False, "orders_id": "ref2018-297",
+           "outputs": None, "details": {}, "time": ""}
+    path.write_bytes(_line(header) + _line(rel))
+    ledger = PrivacyLedger(str(path), eps_budget=10, delta=1e-5)
+    (old,) = ledger.releases
+    assert (old.eps_extra, old.delta_extra) == (0.0, 0.0)
+    assert ledger.spent() == eps_improved(curve(100), 1e-5)
+    record(ledger, "new", 10, eps_extra=0.1, delta_extra=1e-6)
+    assert ledger.spent()[0] == pytest.approx(eps_improved(curve(110), 9e-6)[0] + 0.1, rel=1e-12)
+    fresh = PrivacyLedger(str(tmp_path / "new.jsonl"))
+    assert json.loads(lines(fresh.path)[0])["format_version"] == 2
+
+
+RELEASER = """
+import hashlib, os, sys, time
+from espnet_pate.privacy.ledger import PrivacyLedger
+from espnet_pate.privacy.rdp_gnmax import rdp_gnmax_data_independent as di
+path, out, go = sys.argv[1:4]
+ledger = PrivacyLedger(path)
+while not os.path.exists(go):
+    time.sleep(0.005)
+with ledger.exclusive():
+    with ledger.exclusive():  # re-entrant within the process
+        done = ledger.get("release-1")
+        if done is not None:
+            print("reused", done.outputs)
+            sys.exit(0)
+        labels = os.urandom(16).hex()  # fresh noise: two publishers would publish two different label sets
+        with open(out + ".pending", "w") as f:
+            f.write(labels)
+        time.sleep(0.3)
+        digest = hashlib.sha256(labels.encode()).hexdigest()
+        ledger.record("labels", "gnmax", {"sigma": 40.0}, 10 * di(40.0), 10, release_id="release-1", outputs=digest)
+        os.replace(out + ".pending", out)
+        print("published", digest)
+"""
+
+
+def test_exclusive_lets_one_of_two_concurrent_releasers_publish(tmp_path):
+    path = str(tmp_path / "ledger.jsonl")
+    PrivacyLedger(path, eps_budget=100, delta=1e-5)
+    go = tmp_path / "go"
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", RELEASER, path, str(tmp_path / f"labels{i}"), str(go)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    time.sleep(1.0)  # both have imported and wait at the start line
+    go.touch()
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    said = sorted(out.split() for out, _ in results)
+    assert [s[0] for s in said] == ["published", "reused"]
+    assert said[0][1] == said[1][1]  # the second one reuses the first one's labels
+    (rel,) = PrivacyLedger(path).releases
+    assert rel.outputs == said[0][1]
 
 
 def test_ledger_survives_a_killed_writer(tmp_path):
@@ -167,7 +305,7 @@ def test_ledger_survives_a_killed_writer(tmp_path):
 def test_other_order_grid_is_refused(tmp_path):
     path = str(tmp_path / "ledger.jsonl")
     PrivacyLedger(path)
-    with pytest.raises(ValueError, match="one grid"):
+    with pytest.raises(LedgerMismatchError, match="one grid"):
         PrivacyLedger(path, orders=np.arange(2, 65))
     with pytest.raises(ValueError):
         PrivacyLedger(path).record("x", "gnmax", {}, np.ones(DEFAULT_ORDERS.size - 1), 1)

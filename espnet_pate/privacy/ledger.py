@@ -1,50 +1,74 @@
-"""The privacy ledger of one experiment: an append-only, crash-safe record of every release and its RDP cost.
+"""The privacy ledger of one sensitive data set: an append-only, crash-safe record of every release and its cost.
 
-Format: JSON lines. The first line is a header (format version, the order grid, the configured budget); each
-further line is one release: its id, what was released, the mechanism and parameters, the number of queries,
-the per-order RDP curve it spends, whether that curve is data-dependent, free-form details, and a SHA-256 of
-the line's own content. Each line is written with one ``write`` and ``fsync``-ed before ``record`` returns, under
-an exclusive ``flock`` so parallel jobs may share a ledger.
+One ledger per sensitive data set (the recipe's ``${expdir}/privacy_ledger.jsonl``): every release from it (PATE
+labels, DP-SGD models, any published statistic) composes there, so its total is what the released set costs
+together. The ledger is an operator file kept beside the sensitive data, never released: its release ids and
+input digests are functions of that data.
 
-Crashes: a process killed while writing can leave a partial last line. It is detected (no newline, bad JSON or
-bad checksum on the last line), ignored with a warning, and cut off before the next append. A bad line anywhere
-else is not a crash artefact: loading fails with ``LedgerCorruptError`` rather than guess.
+Format: JSON lines. The first line is a header (format version, the order grid, the budget ``eps_budget`` at
+``delta``, the RDP conversion); each further line is one release: its id, what was released, the mechanism and
+parameters, the number of queries, the per-order RDP curve it spends, additive ``eps_extra`` and ``delta_extra``
+(approximate-DP terms outside RDP, e.g. the Q*beta terms of the thresholded plurality), whether the cost is
+data-dependent, free-form details, and a SHA-256 of the line's own content. Format 1 (before ``eps_extra`` and
+``delta_extra`` existed) is still read, its releases with both at 0. Each line is written with one ``write`` and
+``fsync``-ed before ``record`` returns, under an exclusive ``flock`` so parallel jobs may share a ledger.
+
+The header fixes the budget, the delta, the conversion and the order grid: opening the ledger with others is an
+error (``LedgerMismatchError``); opened without them, the ledger uses the header's.
+
+Crashes: a process killed while writing can leave bytes after the last newline (a torn tail). They are ignored
+with a warning and cut off before the next append. A complete line (one that ends with a newline) that fails JSON
+or its checksum is not a crash artefact, the last one included: loading fails with ``LedgerCorruptError`` naming
+the file and the line, rather than forget what it cost.
 
 Idempotence: a release is keyed by its id (by default a hash of what, mechanism, parameters and inputs). Recording
 an id that is already there spends nothing and returns the recorded release; recording it again with a different
 cost or different outputs is refused (``ReleaseConflictError``): fresh noise on the same data is a new release.
 
-Budget: the total spent is the sum of all recorded curves on the one grid, converted at the ledger's delta. A
-release that would take the total above the configured epsilon is refused with ``BudgetExceededError`` and not
-recorded.
+Total and budget: the RDP curves of all releases are summed on the one grid and converted at
+``delta - sum(delta_extra)``, then ``sum(eps_extra)`` is added; a total whose ``delta_extra`` sum reaches
+``delta`` is refused. A release that would take the total above ``eps_budget`` is refused with
+``BudgetExceededError`` and not recorded; ``check_fits`` answers the same question at plan time, before anything
+is computed on sensitive data.
+
+A whole release (decode, pending file, record, final write) runs under ``with ledger.exclusive():``, an
+exclusive ``flock`` on ``<ledger>.lock``: two releasers of the same release id are serialised, so the second one
+finds the first one's record and reuses its outputs. ``record`` still locks the ledger file itself, so calling it
+inside ``exclusive()`` cannot deadlock; ``exclusive()`` is re-entrant within a process (not across threads).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from espnet_pate.privacy.conversion import eps_from_rdp
+from espnet_pate.privacy.conversion import CONVERSIONS, eps_from_rdp
 from espnet_pate.privacy.orders import as_orders, orders_id
 
 __all__ = [
     "BudgetExceededError",
     "LedgerCorruptError",
+    "LedgerMismatchError",
+    "LedgerMissingError",
     "PrivacyLedger",
     "Release",
     "ReleaseConflictError",
     "make_release_id",
+    "read_budget_config",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: releases without eps_extra / delta_extra (read as 0)
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +77,15 @@ class BudgetExceededError(RuntimeError):
 
 
 class LedgerCorruptError(RuntimeError):
-    """A ledger line other than the last one is unreadable: not a crash artefact, so nothing is guessed."""
+    """A complete ledger line is unreadable or fails its checksum: not a crash artefact, so nothing is guessed."""
+
+
+class LedgerMismatchError(ValueError):
+    """The ledger was opened with another budget, delta, conversion or order grid than its header fixes."""
+
+
+class LedgerMissingError(FileNotFoundError):
+    """The ledger was to be opened, not created, and it does not exist."""
 
 
 class ReleaseConflictError(RuntimeError):
@@ -101,6 +133,15 @@ def _parse(raw: bytes) -> Optional[dict]:
     return obj if isinstance(obj, dict) and obj.get("sha256") == _checksum(obj) else None
 
 
+def _check_extra(eps_extra: float, delta_extra: float) -> Tuple[float, float]:
+    e, d = float(eps_extra), float(delta_extra)
+    if not (math.isfinite(e) and e >= 0):
+        raise ValueError(f"eps_extra must be finite and >= 0, got {eps_extra}")
+    if not 0 <= d < 1:
+        raise ValueError(f"delta_extra must be in [0, 1), got {delta_extra}")
+    return e, d
+
+
 @dataclass(frozen=True)
 class Release:
     release_id: str
@@ -114,47 +155,154 @@ class Release:
     outputs: Optional[str] = None  # e.g. the SHA-256 of the released labels file
     details: dict = field(default_factory=dict)
     time: str = ""
+    eps_extra: float = 0.0  # approximate-DP terms added after the RDP conversion (format 2)
+    delta_extra: float = 0.0
+
+
+@dataclass(frozen=True)
+class Total:
+    """What a set of releases costs together at the ledger's delta."""
+    eps: float  # RDP conversion at (delta - delta_extra), plus eps_extra; inf when delta_extra >= delta
+    order: float
+    eps_rdp: float
+    eps_extra: float
+    delta_extra: float
+    delta: float
+
+    @property
+    def valid(self) -> bool:
+        return self.delta_extra < self.delta
+
+
+def read_budget_config(path: str) -> Tuple[float, float]:
+    """(eps_budget, delta) of a ledger from its YAML (conf/privacy.yaml); a clear error naming file and key."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        conf = yaml.safe_load(f)
+    if not isinstance(conf, dict):
+        raise ValueError(f"{path}: expected a mapping with eps_budget and delta")
+    unknown = set(conf) - {"eps_budget", "delta"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (allowed: eps_budget, delta)")
+    out = []
+    for key in ("eps_budget", "delta"):
+        if key not in conf:
+            raise ValueError(f"{path}: missing key {key}")
+        try:
+            out.append(float(conf[key]))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {key}: cannot read {conf[key]!r} as a number") from None
+    eps_budget, delta = out
+    if not eps_budget > 0:
+        raise ValueError(f"{path}: eps_budget must be > 0, got {eps_budget:g}")
+    if not 0 < delta < 1:
+        raise ValueError(f"{path}: delta must be in (0, 1), got {delta:g}")
+    return eps_budget, delta
+
+
+_HELD: Dict[str, List[int]] = {}  # lock file -> [fd, depth]: exclusive() is re-entrant within a process
 
 
 class PrivacyLedger:
-    """``PrivacyLedger(path, eps_budget=8, delta=1e-5)``: open or create the ledger of one experiment."""
+    """``PrivacyLedger(path, eps_budget=8, delta=1e-5)``: open or create the ledger of one sensitive data set.
+
+    Created with the given budget, delta, order grid and conversion (defaults: no budget, the default grid, the
+    improved conversion); an existing ledger keeps its header's, and any of them given differently is an error.
+    ``create=False`` refuses to create a missing ledger (``LedgerMissingError``).
+    """
 
     def __init__(self, path: str, eps_budget: Optional[float] = None, delta: Optional[float] = None,
-                 orders: Optional[Sequence[float]] = None, conversion: str = "improved"):
+                 orders: Optional[Sequence[float]] = None, conversion: Optional[str] = None, create: bool = True):
         if eps_budget is not None and delta is None:
             raise ValueError("a budget needs its delta")
-        self.path, self.eps_budget, self.delta, self.conversion = path, eps_budget, delta, conversion
+        if conversion is not None and conversion not in CONVERSIONS:
+            raise ValueError(f"conversion must be one of {CONVERSIONS}, got {conversion!r}")
+        self.path = path
+        self.eps_budget = None if eps_budget is None else float(eps_budget)
+        self.delta = None if delta is None else float(delta)
+        self.conversion = conversion or "improved"
         self.orders = as_orders(orders)
         self.orders_id = orders_id(self.orders)
+        if not create and not os.path.exists(path):
+            raise LedgerMissingError(f"no privacy ledger at {path}: create it first (python -m "
+                                     "espnet_pate.bin.privacy_ledger init --ledger PATH --config conf/privacy.yaml)")
         with self._locked(fcntl.LOCK_EX) as f:
             header, _, _ = self._read(f)
             if header is None:
+                if not create:
+                    raise LedgerMissingError(f"{path} holds no ledger header")
                 self._create(f)
-            elif eps_budget is not None and (header.get("eps_budget"), header.get("delta")) != (eps_budget, delta):
-                log.warning("%s was created with budget eps=%s at delta=%s; now checking eps=%s at delta=%s",
-                            path, header.get("eps_budget"), header.get("delta"), eps_budget, delta)
-            self._load(f)  # a corrupt ledger or another order grid fails here, at open time
+            else:
+                self._adopt(header, orders, conversion)
+            self._load(f)  # a corrupt ledger fails here, at open time
+
+    def _adopt(self, header: dict, orders, conversion: Optional[str]) -> None:
+        """Take the header's budget, delta, conversion and grid; refuse others given by the caller."""
+        if header.get("format_version") not in READABLE_VERSIONS:
+            raise LedgerCorruptError(f"{self.path}: unknown ledger format {header.get('format_version')} "
+                                     f"(this code reads {READABLE_VERSIONS})")
+        fixed = (header.get("eps_budget"), header.get("delta"))
+        given = (self.eps_budget, self.delta)
+        if (self.eps_budget is not None and given != fixed) or \
+                (self.delta is not None and fixed[1] is not None and self.delta != fixed[1]):
+            raise LedgerMismatchError(
+                f"{self.path} was created with budget eps={_g(fixed[0])} at delta={_g(fixed[1])}; this run asks "
+                f"for eps={_g(given[0])} at delta={_g(given[1])}. The header fixes the budget of the sensitive "
+                "data set: use the same values, or a new ledger for new data.")
+        if conversion is not None and conversion != header.get("conversion"):
+            raise LedgerMismatchError(f"{self.path} converts RDP with the {header.get('conversion')} conversion, "
+                                      f"this run asks for {conversion}")
+        if orders is not None and header.get("orders_id") != self.orders_id:
+            raise LedgerMismatchError(f"{self.path} accounts on order grid {header.get('orders_id')}, this process "
+                                      f"on {self.orders_id}: RDP curves only compose on one grid")
+        self.eps_budget = None if fixed[0] is None else float(fixed[0])
+        if fixed[1] is not None or self.delta is None:
+            self.delta = None if fixed[1] is None else float(fixed[1])
+        self.conversion = header.get("conversion", "improved")
+        self.orders = as_orders(header["orders"])
+        self.orders_id = orders_id(self.orders)
+        if self.orders_id != header.get("orders_id"):
+            raise LedgerCorruptError(f"{self.path}: the header's orders do not match its orders_id")
 
     # ------------------------------------------------------------------------------------------ file access
+    @contextlib.contextmanager
     def _locked(self, mode: int):
-        ledger = self
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "a+b") as f:
+            fcntl.flock(f.fileno(), mode)
+            try:
+                yield f
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-        class _Lock:
-            def __enter__(self):
-                directory = os.path.dirname(os.path.abspath(ledger.path))
-                os.makedirs(directory, exist_ok=True)
-                self.f = open(ledger.path, "a+b")
-                fcntl.flock(self.f.fileno(), mode)
-                return self.f
-
-            def __exit__(self, *exc):
-                fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
-                self.f.close()
-
-        return _Lock()
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator["PrivacyLedger"]:
+        """Hold ``<ledger>.lock`` exclusively for a whole release (decode -> pending -> record -> final write)."""
+        key = os.path.realpath(self.path) + ".lock"
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+            try:
+                yield self
+            finally:
+                held[1] -= 1
+            return
+        os.makedirs(os.path.dirname(key), exist_ok=True)
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _HELD[key] = [fd, 1]
+            try:
+                yield self
+            finally:
+                del _HELD[key]
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _read(self, f) -> Tuple[Optional[dict], List[dict], int]:
-        """(header, records, length of the valid prefix in bytes); warns about a torn last line."""
+        """(header, records, length of the valid prefix in bytes); warns about a torn tail."""
         f.seek(0)
         data = f.read()
         lines = data.split(b"\n")
@@ -163,22 +311,20 @@ class PrivacyLedger:
         for i, raw in enumerate(complete):
             obj = _parse(raw)
             if obj is None:
-                if i == len(complete) - 1 and not tail:
-                    tail = raw  # a bad last line is treated like a torn one
-                    break
-                raise LedgerCorruptError(f"{self.path}: line {i + 1} is unreadable or fails its checksum; "
-                                         "only the last line can be a crash artefact. Restore the ledger from a "
-                                         "backup; do not edit it by hand.")
+                raise LedgerCorruptError(
+                    f"{self.path}: line {i + 1} is a complete line that is unreadable or fails its checksum; only "
+                    "bytes after the last newline can be a crash artefact. Its cost is unknown: restore the ledger "
+                    "from a backup; do not edit it by hand.")
             parsed.append(obj)
             good += len(raw) + 1
         if tail:
-            log.warning("%s: ignoring a torn last record (%d bytes), left by an interrupted write; it spent "
-                        "nothing and will be cut off before the next append", self.path, len(tail))
+            log.warning("%s: ignoring a torn last record (%d bytes after the last newline), left by an interrupted "
+                        "write; it spent nothing and will be cut off before the next append", self.path, len(tail))
         if not parsed:
             return None, [], good
         header, records = parsed[0], parsed[1:]
         if header.get("kind") != "header":
-            raise LedgerCorruptError(f"{self.path}: the first line is not a ledger header")
+            raise LedgerCorruptError(f"{self.path}: line 1 is not a ledger header")
         return header, records, good
 
     def _append(self, f, obj: dict, valid_length: int) -> None:
@@ -202,19 +348,20 @@ class PrivacyLedger:
         finally:
             os.close(dir_fd)
 
-    def _check_header(self, header: dict) -> None:
-        if header.get("format_version") != FORMAT_VERSION:
-            raise LedgerCorruptError(f"{self.path}: unknown ledger format {header.get('format_version')}")
-        if header.get("orders_id") != self.orders_id:
-            raise ValueError(f"{self.path} accounts on order grid {header.get('orders_id')}, this process on "
-                             f"{self.orders_id}: RDP curves only compose on one grid")
-
     def _load(self, f) -> Tuple[List[Release], int]:
         header, records, valid = self._read(f)
         if header is None:
             raise LedgerCorruptError(f"{self.path}: no header")
-        self._check_header(header)
-        return [Release(**{k: v for k, v in r.items() if k not in ("kind", "sha256")}) for r in records], valid
+        if header.get("format_version") not in READABLE_VERSIONS:
+            raise LedgerCorruptError(f"{self.path}: unknown ledger format {header.get('format_version')}")
+        releases = []
+        for i, r in enumerate(records):
+            try:
+                releases.append(Release(**{k: v for k, v in r.items() if k not in ("kind", "sha256")}))
+            except TypeError as err:
+                raise LedgerCorruptError(f"{self.path}: line {i + 2} is not a release of format "
+                                         f"{header.get('format_version')}: {err}") from None
+        return releases, valid
 
     # ------------------------------------------------------------------------------------------------ queries
     @property
@@ -232,24 +379,67 @@ class PrivacyLedger:
             total += np.asarray(r.rdp, dtype=float)
         return total
 
-    def spent(self, delta: Optional[float] = None, conversion: Optional[str] = None) -> Tuple[float, float]:
-        """(eps, order) of everything recorded, at ``delta`` (default: the ledger's)."""
-        delta = self.delta if delta is None else delta
+    def total(self, releases: Optional[List[Release]] = None, delta: Optional[float] = None,
+              conversion: Optional[str] = None) -> Total:
+        """The composed cost of ``releases`` (default: all recorded) at ``delta`` (default: the ledger's)."""
+        rel = self.releases if releases is None else releases
+        delta = self.delta if delta is None else float(delta)
         if delta is None:
-            raise ValueError("give a delta: this ledger has none configured")
-        return eps_from_rdp(self.spent_rdp(), delta, self.orders, conversion or self.conversion)
+            raise ValueError(f"give a delta: {self.path} has none configured")
+        eps_x = math.fsum(r.eps_extra for r in rel)
+        delta_x = math.fsum(r.delta_extra for r in rel)
+        if delta_x >= delta:
+            return Total(math.inf, math.nan, math.inf, eps_x, delta_x, delta)
+        eps, order = eps_from_rdp(self.spent_rdp(rel), delta - delta_x, self.orders, conversion or self.conversion)
+        return Total(eps + eps_x, order, eps, eps_x, delta_x, delta)
+
+    def spent(self, delta: Optional[float] = None, conversion: Optional[str] = None) -> Tuple[float, float]:
+        """(eps, order) of everything recorded, at ``delta`` (default: the ledger's); refused when the recorded
+        ``delta_extra`` already reach ``delta``."""
+        t = self.total(delta=delta, conversion=conversion)
+        if not t.valid:
+            raise ValueError(f"{self.path}: the recorded delta_extra sum to {t.delta_extra:g} >= delta {t.delta:g}: "
+                             "no epsilon holds at that delta")
+        return t.eps, t.order
+
+    def check_fits(self, rdp: Sequence[float], eps_extra: float = 0.0, delta_extra: float = 0.0
+                   ) -> Tuple[bool, float]:
+        """(fits, total eps) if a release of this cost were added now; fits is True when there is no budget."""
+        candidate = self._candidate(rdp, eps_extra, delta_extra)
+        t = self.total(self.releases + [candidate])
+        return (self.eps_budget is None or (t.valid and t.eps <= self.eps_budget)), t.eps
+
+    def summary(self) -> dict:
+        """The ledger's claim as a JSON-able dict: budget, releases, the composed total."""
+        rel = self.releases
+        out = {"ledger": os.path.abspath(self.path), "eps_budget": self.eps_budget, "delta": self.delta,
+               "conversion": self.conversion, "orders_id": self.orders_id, "releases": len(rel),
+               "data_dependent": any(r.data_dependent for r in rel)}
+        if self.delta is not None:
+            t = self.total(rel)
+            out.update(eps=t.eps, order=t.order, eps_rdp=t.eps_rdp, eps_extra=t.eps_extra, delta_extra=t.delta_extra)
+        return out
 
     # ------------------------------------------------------------------------------------------------ record
-    def record(self, what: str, mechanism: str, params: dict, rdp: Sequence[float], queries: int, *,
-               inputs: Any = None, release_id: Optional[str] = None, data_dependent: bool = True,
-               outputs: Optional[str] = None, details: Optional[dict] = None) -> Tuple[Release, bool]:
-        """Record one release; returns (release, spent_now). spent_now is False when the id was already there."""
+    def _candidate(self, rdp, eps_extra, delta_extra, **kw) -> Release:
         rdp = np.asarray(rdp, dtype=float)
         if rdp.shape != self.orders.shape or np.any(np.isnan(rdp)) or np.any(rdp < 0):
             raise ValueError(f"rdp must be a non-negative curve on the ledger's {self.orders.size} orders")
+        eps_extra, delta_extra = _check_extra(eps_extra, delta_extra)
+        fields = dict(release_id="(candidate)", what="(candidate)", mechanism="", params={}, queries=0,
+                      data_dependent=True, orders_id=self.orders_id)
+        fields.update(kw)
+        return Release(rdp=rdp.tolist(), eps_extra=eps_extra, delta_extra=delta_extra, **fields)
+
+    def record(self, what: str, mechanism: str, params: dict, rdp: Sequence[float], queries: int, *,
+               inputs: Any = None, release_id: Optional[str] = None, data_dependent: bool = True,
+               outputs: Optional[str] = None, details: Optional[dict] = None, eps_extra: float = 0.0,
+               delta_extra: float = 0.0) -> Tuple[Release, bool]:
+        """Record one release; returns (release, spent_now). spent_now is False when the id was already there."""
         rid = release_id or make_release_id(what, mechanism, params, inputs)
-        new = Release(rid, what, mechanism, _canonical(params), int(queries), rdp.tolist(), bool(data_dependent),
-                      self.orders_id, outputs, _canonical(details or {}), _now())
+        new = self._candidate(rdp, eps_extra, delta_extra, release_id=rid, what=what, mechanism=mechanism,
+                              params=_canonical(params), queries=int(queries), data_dependent=bool(data_dependent),
+                              outputs=outputs, details=_canonical(details or {}), time=_now())
         with self._locked(fcntl.LOCK_EX) as f:
             releases, valid = self._load(f)
             old = next((r for r in releases if r.release_id == rid), None)
@@ -261,7 +451,9 @@ class PrivacyLedger:
         return new, True
 
     def _check_same(self, old: Release, new: Release) -> None:
-        if not np.allclose(old.rdp, new.rdp, rtol=1e-9, atol=0) or old.outputs != new.outputs:
+        if not np.allclose(old.rdp, new.rdp, rtol=1e-9, atol=0) or old.outputs != new.outputs or \
+                not math.isclose(old.eps_extra, new.eps_extra, rel_tol=1e-9) or \
+                not math.isclose(old.delta_extra, new.delta_extra, rel_tol=1e-9):
             raise ReleaseConflictError(
                 f"release {old.release_id} ({old.what}) is already in {self.path} with a different cost or different "
                 "outputs. Re-running a noisy mechanism on the same data is a new release: reuse the recorded outputs, "
@@ -270,18 +462,26 @@ class PrivacyLedger:
     def _check_budget(self, releases: List[Release], new: Release) -> None:
         if self.eps_budget is None:
             return
-        before = self.spent_rdp(releases)
-        total_eps, order = eps_from_rdp(before + np.asarray(new.rdp), self.delta, self.orders, self.conversion)
-        if total_eps <= self.eps_budget:
+        t = self.total(releases + [new])
+        if t.valid and t.eps <= self.eps_budget:
             return
-        spent_eps, _ = eps_from_rdp(before, self.delta, self.orders, self.conversion)
-        alone_eps, _ = eps_from_rdp(new.rdp, self.delta, self.orders, self.conversion)
+        before = self.total(releases)
+        alone = self.total([new])
+        if not t.valid:
+            cause = (f"its delta_extra {new.delta_extra:g} would bring the additive deltas to {t.delta_extra:g}, "
+                     f"not below the ledger's delta {self.delta:g}")
+        else:
+            cause = (f"it would cost eps={alone.eps:.4f} on its own and bring the total to eps={t.eps:.4f} "
+                     f"(order {t.order:g})")
         raise BudgetExceededError(
             f"privacy budget eps={self.eps_budget:g} at delta={self.delta:g} ({self.conversion} RDP conversion) of "
-            f"{self.path} would be exceeded: {len(releases)} recorded releases have spent eps={spent_eps:.4f}; "
-            f"release '{new.what}' ({new.mechanism}, {new.queries} queries, id {new.release_id}) would cost "
-            f"eps={alone_eps:.4f} on its own and bring the total to eps={total_eps:.4f} (order {order:g}). "
+            f"{self.path} would be exceeded: {len(releases)} recorded releases have spent eps={before.eps:.4f}; "
+            f"release '{new.what}' ({new.mechanism}, {new.queries} queries, id {new.release_id}): {cause}. "
             "Nothing was recorded.")
+
+
+def _g(x) -> str:
+    return "none" if x is None else f"{x:g}"
 
 
 def _now() -> str:

@@ -1,29 +1,16 @@
 """Results tables: `exp/<system>/RESULTS.md` per system and the recipe's top-level `RESULTS.md`.
 
-A system's privacy facts come from `exp/<system>/privacy.json` (written by the stage that trained it):
+A system's privacy facts come from `exp/<system>/privacy.json` (`espnet_pate.report.privacy_json`):
 epsilon, delta, unit, mechanism, accountant, data_dependent, and for PATE students the pseudo-label WER and
 labelled fraction. A system without it is reported as not released (a teacher) with no privacy claim.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
-PRIVACY_FILE = "privacy.json"
-
-
-def write_privacy_info(system_dir: os.PathLike | str, **fields) -> None:
-    path = Path(system_dir) / PRIVACY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fields, indent=1, sort_keys=True) + "\n")
-
-
-def read_privacy_info(system_dir: os.PathLike | str) -> Dict:
-    path = Path(system_dir) / PRIVACY_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+# privacy.json is written and read in one place; re-exported for the callers that import it from here
+from espnet_pate.report.privacy_json import PRIVACY_FILE, read_privacy_info, write_privacy_info  # noqa: F401
 
 
 def _fmt_eps(eps) -> str:
