@@ -27,6 +27,7 @@ from espnet_pate.ensemble.toy import (  # noqa: E402
 )
 from espnet_pate.privacy.accounting import confident_gnmax_cost  # noqa: E402
 from espnet_pate.privacy.budget import PrivacyBudget  # noqa: E402
+from espnet_pate.privacy.calibration import max_queries  # noqa: E402
 from espnet_pate.privacy.mechanisms import REFUSED, ConfidentGNMax, GNMax  # noqa: E402
 from espnet_pate.privacy.votes import hard_votes  # noqa: E402
 
@@ -229,8 +230,11 @@ def test_budget_stops_the_run_and_drops_utterances_in_progress():
     assert budget.spent_eps()[0] <= 60.0
     assert budget.queries_run == res.queries.num_queries
     s = RunSettings("g", "gnmax", "token", 60.0, 1e-5, {"sigma": 0.5})
-    np.testing.assert_allclose(run_cost(s, res.queries.all_votes, res.queries.all_answered).rdp_data_dependent,
-                               budget.spent_data_dependent, rtol=1e-9)
+    np.testing.assert_allclose(run_cost(s, res.queries.all_votes, res.queries.all_answered).rdp_data_independent,
+                               budget.spent_data_independent, rtol=1e-9)
+    # a data-independent stop: the number of queries is what the settings allow, whatever the votes were
+    per_query = run_cost(s, res.queries.all_votes[:1], res.queries.all_answered[:1]).rdp_data_independent
+    assert budget.queries_run == max_queries(per_query, 60.0, 1e-5)
     # nothing after the stop: the not-reached utterances have no queries
     for r in res.utterances.values():
         if r.status == NOT_REACHED:

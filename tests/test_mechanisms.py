@@ -154,7 +154,7 @@ def test_budget_stops_gnmax_at_the_data_independent_limit():
 def test_budget_data_dependent_counts_realized_confident_costs():
     votes = np.tile([250.0] + [0.0] * 9, (30, 1))
     votes[::2] = [130.0, 120.0] + [0.0] * 8  # refused by the threshold, pays the threshold step only
-    budget = PrivacyBudget(100.0, 1e-5)
+    budget = PrivacyBudget(100.0, 1e-5, basis="data_dependent")  # analysis only
     agg = ConfidentGNMax(40.0, 200.0, 40.0, seed=1)
     _, answered = agg(votes, budget=budget)
     thr = rdp_gnmax.rdp_threshold(rdp_gnmax.log_pr_answered(votes, 200.0, 40.0), 40.0).sum(axis=0)

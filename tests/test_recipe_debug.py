@@ -105,3 +105,18 @@ def test_every_model_loads_in_stock_speech2text(recipe):
         if model.parent.name == "untrained":
             continue
         Speech2Text(asr_train_config=str(model.parent / "config.yaml"), asr_model_file=str(model), beam_size=1)
+
+
+def test_one_ledger_holds_every_pate_release_with_its_released_claim(recipe):
+    from espnet_pate.privacy.ledger import PrivacyLedger
+    from espnet_pate.report.privacy_json import read_privacy_info
+
+    ledger = PrivacyLedger(str(recipe["expdir"] / "privacy_ledger.jsonl"))
+    pate = {r.what.split("/", 1)[1]: r for r in ledger.releases if r.what.startswith("pate_labels/")}
+    assert "plurality_utt" in pate and len(pate) >= 4
+    for name, release in pate.items():
+        info = read_privacy_info(recipe["expdir"] / f"pate_head_k{NUM_TEACHERS}" / name)
+        assert info["epsilon"] == release.details["eps"] and info["data_dependent"] is False
+        student = recipe["expdir"] / f"student_{name}"
+        if (student / ".done").exists():
+            assert read_privacy_info(student)["epsilon"] == info["epsilon"]

@@ -1,10 +1,9 @@
-"""Stage 4 end to end on tiny toy teachers: reports, ledger reuse, crash safety, budget refusal, the CLI."""
+"""Stage 4 end to end on tiny toy teachers: released claims, the one ledger, reuse, crash safety, budget refusal,
+a stop that cannot depend on the votes, the plurality of transcripts, the CLI."""
 
 import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -12,7 +11,7 @@ pytest.importorskip("espnet2")
 
 from espnet_pate.bin import pate_label  # noqa: E402
 from espnet_pate.data.kaldi_dir import read_table  # noqa: E402
-from espnet_pate.ensemble import pate_labeling  # noqa: E402
+from espnet_pate.ensemble import pate_labeling, pate_release  # noqa: E402
 from espnet_pate.ensemble.pate_labeling import (  # noqa: E402
     PENDING,
     ConfigError,
@@ -20,24 +19,27 @@ from espnet_pate.ensemble.pate_labeling import (  # noqa: E402
     resolve_entry,
     run_stage4,
 )
-from espnet_pate.ensemble.toy import write_toy_setup  # noqa: E402
+from espnet_pate.ensemble.toy import HEAD_TRAINABLE, write_toy_setup  # noqa: E402
 from espnet_pate.privacy.calibration import calibrate_gnmax_sigma  # noqa: E402
 from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger  # noqa: E402
-from espnet_pate.report.results import read_privacy_info  # noqa: E402
+from espnet_pate.privacy.plurality import plurality_cost  # noqa: E402
+from espnet_pate.report.privacy_json import read_privacy_info  # noqa: E402
 
 RUNS = {
     "gnmax_tok": {"mechanism": "gnmax", "level": "token", "target_eps": 2500.0, "sigma_over_k": 0.125},
-    "lnmax_tok": {"mechanism": "lnmax", "level": "token", "target_eps": 40.0, "laplace_scale": 0.5,
-                  "stop_at_budget": True},
     "cgnmax_utt": {"mechanism": "confident_gnmax", "level": "utterance", "target_eps": 60.0,
                    "threshold_over_k": 0.6, "sigma1_over_k": 0.2, "sigma2_over_k": 0.125, "nbest": 3,
                    "beam_size": 3},
+    "plurality": {"mechanism": "plurality", "target_eps": 1000.0, "queries": 5, "select": "shortest"},
 }
 
 
-def conf(eps_budget=1e5, runs=None):
-    return {"ledger": {"eps_budget": eps_budget, "delta": 1e-5}, "defaults": {"batch_size": 2},
-            "runs": runs or RUNS}
+def conf(runs=None):
+    return {"defaults": {"batch_size": 2}, "runs": runs or RUNS}
+
+
+def ledger(path, eps_budget=1e5):
+    return PrivacyLedger(str(path), eps_budget=eps_budget, delta=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -45,99 +47,123 @@ def toy(tmp_path_factory):
     return write_toy_setup(tmp_path_factory.mktemp("toy"), num_teachers=3, num_utts=6)
 
 
-def inputs(toy, out, unit="speaker"):
-    return Stage4Inputs(teacher_dirs=list(toy["teacher_dirs"]), data_dir=toy["data"], out_dir=Path(out), unit=unit,
-                        public_model=toy["public"], command="pytest")
+def inputs(toy, out, unit="speaker", teachers=None):
+    return Stage4Inputs(teacher_dirs=list(teachers or toy["teacher_dirs"]), data_dir=toy["data"], out_dir=Path(out),
+                        unit=unit, public_model=toy["public"], command="pytest")
 
 
-def test_end_to_end_reports_ledger_and_rerun(toy, tmp_path):
-    out = tmp_path / "pate"
-    reports = run_stage4(conf(), inputs(toy, out), seed=123)
+def test_end_to_end_released_claims_one_ledger_and_rerun(toy, tmp_path):
+    out, lpath = tmp_path / "pate", tmp_path / "privacy_ledger.jsonl"
+    reports = run_stage4(conf(), inputs(toy, out), ledger(lpath), seed=123)
     assert [r["name"] for r in reports] == list(RUNS)
     ids = set(read_table(toy["data"] / "wav.scp"))
-    ref = read_table(toy["data"] / "text")
     for r in reports:
         d = out / r["name"]
         for f in ("text", "privacy_report.json", "privacy_report.md", "privacy.json"):
             assert (d / f).exists(), f
-        assert not (d / PENDING).exists()
-        assert r["run_status"] == "new"
-        for key in ("epsilon", "delta", "privacy_unit", "mechanism", "params", "queries", "labelled_fraction",
-                    "data_dependent", "seed_fixed", "not_for_release", "agreement_histogram", "pseudo_label_wer",
-                    "accountant", "budget", "release_id", "utterances"):
-            assert key in r, key
-        eps = r["epsilon"]
-        for key in ("data_dependent", "data_dependent_classic", "data_independent", "data_independent_classic"):
-            assert eps[key] >= 0
-        assert eps["data_dependent"] <= eps["data_independent"] + 1e-9  # the data-dependent bound is a min
-        assert r["privacy_unit"] == "speaker" and r["delta"] == 1e-5 and r["data_dependent"] is True
+        assert not (d / PENDING).exists() and r["run_status"] == "new"
+        claim = r["claim"]
+        assert claim["data_dependent"] is False and claim["unit"] == "speaker" and claim["delta"] == 1e-5
+        assert 0 <= claim["epsilon"] <= r["target_eps"] + 1e-9 and "accountant" in claim
         assert r["seed_fixed"] and r["not_for_release"] and r["seed"] == 123
-        assert r["epsilon_headline"] <= r["target_eps"] + 1e-9
-        assert sum(r["agreement_histogram"]["queries"]) == r["queries"]
+        assert "operator" in r["operator_diagnostics"]["note"]
+        assert sum(r["operator_diagnostics"]["agreement_histogram"]["queries"]) == r["queries"] - r[
+            "utterances"]["outcomes"].get("too_short", 0)
         labels = read_table(d / "text") if (d / "text").stat().st_size else {}
         assert set(labels) <= ids and r["utterances"]["written"] == len(labels)
-        assert r["labelled_fraction"] == pytest.approx(len(labels) / len(ids))
-        if labels:
-            from espnet_pate.report.scoring import score_wer
-
-            assert r["pseudo_label_wer"] == pytest.approx(score_wer({u: ref[u] for u in labels}, labels).wer)
         info = read_privacy_info(d)
-        for key in ("epsilon", "target_epsilon", "delta", "unit", "mechanism", "accountant", "data_dependent",
-                    "pseudo_label_wer", "labelled_fraction"):
-            assert key in info, key
-        assert info["epsilon"] <= info["target_epsilon"]
-        assert info["epsilon"] == r["epsilon_headline"] and info["unit"] == "speaker"
+        assert info["epsilon"] == claim["epsilon"] and info["data_dependent"] is False
+        assert info["epsilon"] <= info["target_epsilon"] and info["unit"] == "speaker"
         md = (d / "privacy_report.md").read_text()
-        assert "NOT FOR RELEASE" in md and "agreement" in md
+        assert "NOT FOR RELEASE" in md and "released claim" in md and "operator diagnostics" in md
+    by_name = {r["name"]: r for r in reports}
+    assert by_name["gnmax_tok"]["not_released"]["epsilon_data_dependent"] <= by_name["gnmax_tok"]["claim"][
+        "epsilon"] + 1e-9
+    plur = by_name["plurality"]
+    assert plur["queries"] == 5 and plur["not_released"] is None
+    ref = plurality_cost(plur["params"]["sigma"], plur["params"]["threshold"], 5, 1e-5)
+    assert plur["claim"]["epsilon"] == pytest.approx(ref.eps)
     assert any(r["utterances"]["written"] > 0 for r in reports)
-    assert any(r["pseudo_label_wer"] is not None for r in reports)
-    ledger = PrivacyLedger(str(out / "ledger.jsonl"))
-    assert [rel.release_id for rel in ledger.releases] == [r["release_id"] for r in reports]
-    for r, rel in zip(reports, ledger.releases):
-        assert rel.outputs == r["text_sha256"] and rel.data_dependent
+    # one ledger: every release, with the plurality's additive terms
+    rel = PrivacyLedger(str(lpath)).releases
+    assert [x.release_id for x in rel] == [r["release_id"] for r in reports]
+    for r, x in zip(reports, rel):
+        assert x.outputs == r["text_sha256"] and not x.data_dependent
+    assert rel[2].delta_extra == pytest.approx(ref.delta_extra) and rel[2].eps_extra == pytest.approx(ref.eps_extra)
     # a rerun spends nothing and rewrites nothing
-    before = (out / "ledger.jsonl").read_bytes()
+    before = lpath.read_bytes()
     texts = {r["name"]: (out / r["name"] / "text").read_bytes() for r in reports}
-    again = run_stage4(conf(), inputs(toy, out), seed=123)
+    again = run_stage4(conf(), inputs(toy, out), ledger(lpath), seed=123)
     assert [r["run_status"] for r in again] == ["reused"] * len(RUNS)
-    assert (out / "ledger.jsonl").read_bytes() == before
+    assert lpath.read_bytes() == before
     assert {r["name"]: (out / r["name"] / "text").read_bytes() for r in again} == texts
-    # privacy.json is refreshed from the recorded report (e.g. one written before a field was added)
-    stale = out / reports[0]["name"] / "privacy.json"
-    stale.write_text(json.dumps({"epsilon": reports[0]["epsilon_headline"]}))
-    run_stage4(conf(), inputs(toy, out), seed=123)
-    assert read_privacy_info(stale.parent)["target_epsilon"] == reports[0]["target_eps"]
+
+
+def test_the_stop_cannot_depend_on_the_votes(toy, tmp_path):
+    """Two teacher sets that differ in one teacher ask exactly the same queries of the same utterances."""
+    from espnet_pate.ensemble.toy import build_toy_model, perturbed_copy, toy_args, write_experiment
+
+    model = build_toy_model(0)
+    model.load_state_dict(__import__("torch").load(toy["teacher_dirs"][2] / "valid.loss.ave.pth"))
+    other = write_experiment(perturbed_copy(model, seed=77, scale=2.0, trainable=HEAD_TRAINABLE), toy_args(),
+                             tmp_path / "other_teacher")
+    neighbour = list(toy["teacher_dirs"][:2]) + [other]
+    runs = {"plurality": RUNS["plurality"],
+            "gnmax_utt": {"mechanism": "gnmax", "level": "utterance", "target_eps": 40.0, "sigma": 1.0,
+                          "nbest": 3, "beam_size": 3}}
+    asked = []
+    for i, teachers in enumerate((toy["teacher_dirs"], neighbour)):
+        reps = run_stage4(conf(runs), inputs(toy, tmp_path / f"pate{i}", teachers=teachers),
+                          ledger(tmp_path / f"ledger{i}.jsonl"), seed=5)
+        asked.append([(r["queries"], r["utterances"]["considered"], r["claim"]["epsilon"]) for r in reps])
+    assert asked[0] == asked[1]
+
+
+def test_plurality_releases_the_teachers_own_words(toy, tmp_path):
+    """Identical teachers agree on every utterance: the released string is their own 1-best, whatever the
+    public model's candidates say."""
+    from espnet_pate.ensemble.own_transcripts import greedy_each
+    from espnet_pate.ensemble.teachers import TeacherEnsemble
+
+    teachers = [toy["teacher_dirs"][0]] * 3
+    (r,) = run_stage4(conf({"plurality": dict(RUNS["plurality"], queries=6)}), inputs(toy, tmp_path / "p",
+                      teachers=teachers), ledger(tmp_path / "l.jsonl"), seed=1)
+    labels = read_table(tmp_path / "p" / "plurality" / "text") if r["utterances"]["written"] else {}
+    assert len(labels) >= 4  # T ~ 1.9 at this budget: 3 agreeing teachers clear it almost surely
+    ens = TeacherEnsemble.from_dirs(teachers)
+    ctx = pate_labeling._Context(inputs(toy, tmp_path / "p", teachers=teachers), ens)
+    for u, text in labels.items():
+        (hyp,) = greedy_each(ens, ctx.encode([u]))
+        assert text == ctx.detokenize(hyp[0])
 
 
 def test_killed_between_ledger_and_text_does_not_spend_twice(toy, tmp_path, monkeypatch):
-    out = tmp_path / "pate"
+    out, lpath = tmp_path / "pate", tmp_path / "l.jsonl"
     one = {"gnmax_tok": RUNS["gnmax_tok"]}
-    real_finalise = pate_labeling._finalise
+    real_finalise = pate_release.finalise
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed after the ledger write")
 
-    monkeypatch.setattr(pate_labeling, "_finalise", killed)
+    monkeypatch.setattr(pate_release, "finalise", killed)
     with pytest.raises(KeyboardInterrupt):
-        run_stage4(conf(runs=one), inputs(toy, out))
-    ledger_bytes = (out / "ledger.jsonl").read_bytes()
+        run_stage4(conf(one), inputs(toy, out), ledger(lpath))
+    ledger_bytes = lpath.read_bytes()
     assert not (out / "gnmax_tok" / "text").exists() and (out / "gnmax_tok" / PENDING / "text").exists()
-    monkeypatch.setattr(pate_labeling, "_finalise", real_finalise)
+    monkeypatch.setattr(pate_release, "finalise", real_finalise)
     monkeypatch.setattr(pate_labeling, "_draw", lambda *a, **k: pytest.fail("decoded again: fresh noise"))
-    (r,) = run_stage4(conf(runs=one), inputs(toy, out))
-    assert r["run_status"] == "resumed"
-    assert (out / "ledger.jsonl").read_bytes() == ledger_bytes
-    rel = PrivacyLedger(str(out / "ledger.jsonl")).releases
-    assert len(rel) == 1 and rel[0].outputs == pate_labeling._sha256_file(out / "gnmax_tok" / "text")
-    # labels lost after recording: refuse to decode again rather than pay twice silently
-    (out / "gnmax_tok" / "text").unlink()
+    (r,) = run_stage4(conf(one), inputs(toy, out), ledger(lpath))
+    assert r["run_status"] == "resumed" and lpath.read_bytes() == ledger_bytes
+    rel = PrivacyLedger(str(lpath)).releases
+    assert len(rel) == 1 and rel[0].outputs == pate_release.sha256_file(out / "gnmax_tok" / "text")
+    (out / "gnmax_tok" / "text").unlink()  # labels lost after recording: refuse to pay twice silently
     with pytest.raises(RuntimeError, match="labels are lost"):
-        run_stage4(conf(runs=one), inputs(toy, out))
+        run_stage4(conf(one), inputs(toy, out), ledger(lpath))
 
 
 def test_killed_before_the_ledger_write_records_the_same_draw(toy, tmp_path, monkeypatch):
-    out = tmp_path / "pate"
-    one = {"lnmax_tok": RUNS["lnmax_tok"]}
+    out, lpath = tmp_path / "pate", tmp_path / "l.jsonl"
+    one = {"plurality": RUNS["plurality"]}
     real_record = PrivacyLedger.record
 
     def killed(self, *args, **kwargs):
@@ -145,32 +171,43 @@ def test_killed_before_the_ledger_write_records_the_same_draw(toy, tmp_path, mon
 
     monkeypatch.setattr(PrivacyLedger, "record", killed)
     with pytest.raises(KeyboardInterrupt):
-        run_stage4(conf(runs=one), inputs(toy, out))
-    drawn = (out / "lnmax_tok" / PENDING / "text").read_bytes()
+        run_stage4(conf(one), inputs(toy, out), ledger(lpath))
+    drawn = (out / "plurality" / PENDING / "text").read_bytes()
     monkeypatch.setattr(PrivacyLedger, "record", real_record)
     monkeypatch.setattr(pate_labeling, "_draw", lambda *a, **k: pytest.fail("re-rolled the noise"))
-    (r,) = run_stage4(conf(runs=one), inputs(toy, out))
-    assert r["run_status"] == "new" and (out / "lnmax_tok" / "text").read_bytes() == drawn
+    (r,) = run_stage4(conf(one), inputs(toy, out), ledger(lpath))
+    assert r["run_status"] == "new" and (out / "plurality" / "text").read_bytes() == drawn
+
+
+def test_an_unrecorded_draw_is_not_replaced_by_one_of_other_settings(toy, tmp_path, monkeypatch):
+    out, lpath = tmp_path / "pate", tmp_path / "l.jsonl"
+    monkeypatch.setattr(PrivacyLedger, "record", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run_stage4(conf({"plurality": RUNS["plurality"]}), inputs(toy, out), ledger(lpath))
+    monkeypatch.undo()
+    changed = {"plurality": dict(RUNS["plurality"], queries=4)}
+    with pytest.raises(RuntimeError, match="unrecorded draw of other settings"):
+        run_stage4(conf(changed), inputs(toy, out), ledger(lpath))
 
 
 def test_over_budget_is_refused_and_the_draw_cannot_be_rerolled(toy, tmp_path, monkeypatch):
-    out = tmp_path / "pate"
+    out, lpath = tmp_path / "pate", tmp_path / "privacy_ledger.jsonl"
     one = {"gnmax_tok": RUNS["gnmax_tok"]}
     with pytest.raises(BudgetExceededError):
-        run_stage4(conf(eps_budget=0.5, runs=one), inputs(toy, out))
+        run_stage4(conf(one), inputs(toy, out), ledger(lpath, eps_budget=0.5))
     assert not (out / "gnmax_tok" / "text").exists()
-    assert PrivacyLedger(str(out / "ledger.jsonl")).releases == []
+    assert PrivacyLedger(str(lpath)).releases == []
     drawn = (out / "gnmax_tok" / PENDING / "text").read_bytes()
-    cfg = tmp_path / "pate.yaml"
-    cfg.write_text(yaml.safe_dump(conf(eps_budget=0.5, runs=one)))
+    cfg, budget = tmp_path / "pate.yaml", tmp_path / "privacy.yaml"
+    cfg.write_text(yaml.safe_dump(conf(one)))
+    budget.write_text(yaml.safe_dump({"eps_budget": 0.5, "delta": 1e-5}))
     argv = ["--config", str(cfg), "--teachers", str(toy["teachers"]), "--data", str(toy["data"]),
-            "--out", str(out), "--unit", "speaker"]
-    assert pate_label.main(argv) == 3
-    # with a larger budget the same draw is recorded, not a fresh one
+            "--out", str(out), "--unit", "speaker", "--ledger", str(lpath), "--ledger-config", str(budget)]
     monkeypatch.setattr(pate_labeling, "_draw", lambda *a, **k: pytest.fail("re-rolled the noise"))
-    cfg.write_text(yaml.safe_dump(conf(eps_budget=1e5, runs=one)))
-    assert pate_label.main(argv) == 0
-    assert (out / "gnmax_tok" / "text").read_bytes() == drawn
+    assert pate_label.main(argv) == 3  # the same pending draw, refused again
+    budget.write_text(yaml.safe_dump({"eps_budget": 1e5, "delta": 1e-5}))
+    assert pate_label.main(argv) == 2  # the ledger's header fixed the budget: a larger one is refused
+    assert (out / "gnmax_tok" / PENDING / "text").read_bytes() == drawn
 
 
 def test_labeller_reads_the_withheld_transcripts_only_to_score(toy, tmp_path, monkeypatch):
@@ -191,17 +228,18 @@ def test_labeller_reads_the_withheld_transcripts_only_to_score(toy, tmp_path, mo
 
     monkeypatch.setattr(pate_labeling, "read_table", spy_read)
     monkeypatch.setattr(pate_labeling, "_draw", spy_draw)
-    run_stage4(conf(runs={"gnmax_tok": RUNS["gnmax_tok"]}), inputs(toy, tmp_path / "pate"))
+    run_stage4(conf({"plurality": RUNS["plurality"]}), inputs(toy, tmp_path / "pate"), ledger(tmp_path / "l.jsonl"))
     assert ("scoring", "text") in reads
     assert all(name != "text" for ph, name in reads if ph != "scoring")
 
 
 def test_cli_checks_the_partition_manifest(toy, tmp_path, capsys):
-    cfg = tmp_path / "pate.yaml"
-    cfg.write_text(yaml.safe_dump(conf(runs={"gnmax_tok": RUNS["gnmax_tok"]})))
+    cfg, budget = tmp_path / "pate.yaml", tmp_path / "privacy.yaml"
+    cfg.write_text(yaml.safe_dump(conf({"gnmax_tok": RUNS["gnmax_tok"]})))
+    budget.write_text(yaml.safe_dump({"eps_budget": 1e5, "delta": 1e-5}))
     manifest = tmp_path / "manifest.json"
     base = ["--config", str(cfg), "--teachers", *map(str, toy["teacher_dirs"]), "--data", str(toy["data"]),
-            "--out", str(tmp_path / "pate")]
+            "--out", str(tmp_path / "pate"), "--ledger", str(tmp_path / "l.jsonl"), "--ledger-config", str(budget)]
     manifest.write_text(json.dumps({"unit": "speaker", "num_shards": 4}))
     assert pate_label.main(base + ["--partition-manifest", str(manifest)]) == 2
     manifest.write_text(json.dumps({"unit": "utterance", "num_shards": 3}))
@@ -217,10 +255,20 @@ def test_configuration_errors_and_calibration():
         resolve_entry("x", {"mechanism": "confident_gnmax", "target_eps": 1, "sigma1": 1}, {}, 10)
     with pytest.raises(ConfigError, match="does not apply"):
         resolve_entry("x", {"mechanism": "lnmax", "target_eps": 1, "laplace_scale": 1, "sigma": 1}, {}, 10)
+    with pytest.raises(ConfigError, match="data-dependent stop"):
+        resolve_entry("x", {"mechanism": "gnmax", "target_eps": 1, "sigma": 1, "accounting": "data_dependent"},
+                      {}, 10)
+    with pytest.raises(ConfigError, match="queries"):
+        resolve_entry("x", {"mechanism": "plurality", "target_eps": 8}, {}, 10)
+    with pytest.raises(ConfigError, match="cost eps"):
+        resolve_entry("x", {"mechanism": "plurality", "target_eps": 1, "queries": 100, "sigma": 5,
+                            "threshold": 40}, {}, 10)
     s = resolve_entry("x", {"mechanism": "gnmax", "target_eps": 8, "sigma_over_k": 0.125}, {"delta": 1e-6}, 20)
     assert s.noise == {"sigma": 2.5} and s.delta == 1e-6
     s = resolve_entry("x", {"mechanism": "gnmax", "target_eps": 8, "calibrate": {"planned_queries": 50}}, {}, 20)
     assert s.noise["sigma"] == pytest.approx(calibrate_gnmax_sigma(8, 1e-5, 50))
+    s = resolve_entry("x", {"mechanism": "plurality", "target_eps": 8, "queries": 40}, {}, 40)
+    assert plurality_cost(s.noise["sigma"], s.noise["threshold"], 40, 1e-5).eps <= 8
     for name in ("pate.yaml", "pate_debug.yaml"):
         path = Path(__file__).resolve().parents[1] / "conf" / name
         c = pate_labeling.load_config(path)
@@ -228,15 +276,15 @@ def test_configuration_errors_and_calibration():
             resolve_entry(run, entry, c.get("defaults") or {}, 40 if name == "pate.yaml" else 4)
 
 
-def test_agreement_survey_releases_nothing(toy, tmp_path, capsys):
-    cfg = tmp_path / "pate.yaml"
-    cfg.write_text(yaml.safe_dump(conf()))
+def test_agreement_survey_releases_nothing_and_keeps_real_teachers_apart(toy, tmp_path):
     out = tmp_path / "pate"
-    argv = ["--config", str(cfg), "--teachers", str(toy["teachers"]), "--data", str(toy["data"]), "--out", str(out),
+    argv = ["--teachers", str(toy["teachers"]), "--data", str(toy["data"]), "--out", str(out),
             "--public-model", str(toy["public"]), "--unit", "speaker", "--survey", "4"]
     assert pate_label.main(argv) == 0
-    survey = json.loads((out / "agreement_survey.json").read_text())
+    survey = json.loads((out / "operator_diagnostics" / "agreement_survey.json").read_text())
     assert survey["num_teachers"] == 3 and survey["utterances"] == 4 and survey["private"]
     assert sum(survey["token"]["all"]["queries"]) == survey["token"]["queries"] > 0
-    assert "utterance" in survey
-    assert not (out / "ledger.jsonl").exists()
+    assert "utterance" in survey and len(survey["plurality"]["top_counts"]) == 4
+    assert not (out / "agreement_survey.json").exists() and not list(out.glob("*.jsonl"))
+    assert pate_label.main(argv + ["--shadow"]) == 0
+    assert json.loads((out / "agreement_survey.json").read_text())["private"] is False

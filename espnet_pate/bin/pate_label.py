@@ -1,14 +1,19 @@
 """Recipe stage 4: PATE noisy ensemble labelling of public untranscribed speech.
 
-    python -m espnet_pate.bin.pate_label --config conf/pate.yaml --teachers exp/teachers_top_k10 \\
-        --data data/public_unlabeled --out exp/pate_top_k10 --public-model exp/public_only \\
-        (--partition-manifest data/sensitive_speaker_k10/manifest.json | --unit speaker) \\
-        [--runs NAME ...] [--seed N] [--device cpu] [--survey N]
+    python -m espnet_pate.bin.pate_label --config conf/pate.yaml --teachers exp/teachers_head_k40 \\
+        --data data/public_unlabeled --out exp/pate_head_k40 --public-model exp/public_only \\
+        --ledger exp/privacy_ledger.jsonl --ledger-config conf/privacy.yaml \\
+        (--partition-manifest data/sensitive_speaker_k40/manifest.json | --unit speaker) \\
+        [--runs NAME ...] [--seed N] [--device cpu]
+    python -m espnet_pate.bin.pate_label --survey N [--shadow] --teachers DIR --data DIR --out DIR ...
 
 For every run of the configuration it writes OUT/<run>/text (pseudo-transcripts of the labelled utterances),
-OUT/<run>/privacy_report.{json,md}, OUT/<run>/privacy.json, and records the release in OUT/ledger.jsonl before
-the text is written (see espnet_pate.ensemble.pate_labeling). A rerun reuses recorded releases and spends
-nothing. ``--seed`` fixes the noise for a reproducible experiment: the reports then say NOT FOR RELEASE.
+OUT/<run>/privacy_report.{json,md}, OUT/<run>/privacy.json, and records the release in the ledger of the
+sensitive data set before the text is written (see espnet_pate.ensemble.pate_labeling). A rerun reuses recorded
+releases and spends nothing. ``--seed`` fixes the noise for a reproducible experiment: the reports then say NOT FOR
+RELEASE. ``--survey`` measures the teachers' agreement without noise and releases nothing: with ``--shadow``
+teachers (trained on public data) it is public and sizes conf/pate.yaml; with the real teachers it goes to
+OUT/operator_diagnostics/ (statistics of sensitive data, for the experimenter only).
 Exit status: 0 done; 2 bad configuration or inputs; 3 a release would exceed the ledger's budget.
 """
 from __future__ import annotations
@@ -23,27 +28,32 @@ from typing import Optional, Sequence
 
 from espnet_pate.ensemble.pate_labeling import ConfigError, Stage4Inputs, UNITS, run_stage4
 from espnet_pate.ensemble.teachers import teacher_dirs_in
-from espnet_pate.privacy.ledger import BudgetExceededError
+from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger, read_budget_config
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m espnet_pate.bin.pate_label",
                                 description="PATE stage 4: noisy ensemble pseudo-labels with a privacy report.")
-    p.add_argument("--config", help="conf/pate.yaml: ledger budget and one entry per run (not for --survey)")
+    p.add_argument("--config", help="conf/pate.yaml: one entry per run (not for --survey)")
     p.add_argument("--teachers", required=True, nargs="+",
                    help="a directory holding teacher_0..teacher_{K-1}, or the teacher directories themselves")
     p.add_argument("--data", required=True, help="Kaldi directory of the public untranscribed speech "
                    "(only wav.scp is read for labelling; text, if present, only to score the labels)")
-    p.add_argument("--out", required=True, help="output directory (OUT/<run>/..., OUT/ledger.jsonl)")
+    p.add_argument("--out", required=True, help="output directory (OUT/<run>/...)")
+    p.add_argument("--ledger", help="the ledger of the sensitive data set (exp/privacy_ledger.jsonl)")
+    p.add_argument("--ledger-config", help="its budget and delta (conf/privacy.yaml)")
     p.add_argument("--public-model", help="the public pretrained model (utterance-level candidates)")
     p.add_argument("--partition-manifest", help="manifest.json of the teachers' partition (gives the privacy unit)")
     p.add_argument("--unit", choices=UNITS, help="privacy unit, when no manifest is given")
     p.add_argument("--runs", nargs="+", help="run only these entries of the configuration")
     p.add_argument("--seed", type=int, help="fix the noise (reproducible experiment, NOT FOR RELEASE)")
     p.add_argument("--survey", type=int, metavar="N",
-                   help="instead of labelling: noise-free agreement histograms of the teachers on N public "
-                        "utterances (token and utterance level), written to OUT/agreement_survey.json. Spends and "
-                        "releases nothing; describes the sensitive votes (operator only)")
+                   help="instead of labelling: noise-free agreement of the teachers on N public utterances (token, "
+                        "utterance and plurality level). Spends and releases nothing")
+    p.add_argument("--shadow", action="store_true",
+                   help="the teachers are shadow teachers trained on public data: the survey is public "
+                        "(OUT/agreement_survey.json); without it, it is an operator diagnostic of sensitive data "
+                        "(OUT/operator_diagnostics/agreement_survey.json)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -67,8 +77,10 @@ def _unit(args, num_teachers: int) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    if args.config is None and not args.survey:
-        parser.error("--config is required (except with --survey)")
+    if not args.survey and None in (args.config, args.ledger, args.ledger_config):
+        parser.error("--config, --ledger and --ledger-config are required (except with --survey)")
+    if args.shadow and not args.survey:
+        parser.error("--shadow applies to --survey")
     logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     try:
         if len(args.teachers) == 1 and not (Path(args.teachers[0]) / "config.yaml").exists():
@@ -84,24 +96,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.survey:
             from espnet_pate.ensemble.pate_labeling import agreement_survey
 
-            survey = agreement_survey(inputs, args.survey)
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "agreement_survey.json").write_text(json.dumps(survey, indent=1) + "\n")
+            survey = agreement_survey(inputs, args.survey, shadow=args.shadow)
+            where = Path(args.out) if args.shadow else Path(args.out) / "operator_diagnostics"
+            where.mkdir(parents=True, exist_ok=True)
+            (where / "agreement_survey.json").write_text(json.dumps(survey, indent=1) + "\n")
             print(json.dumps(survey))
             return 0
-        reports = run_stage4(args.config, inputs, only=args.runs, seed=args.seed)
+        eps_budget, delta = read_budget_config(args.ledger_config)
+        ledger = PrivacyLedger(args.ledger, eps_budget=eps_budget, delta=delta)
+        reports = run_stage4(args.config, inputs, ledger, only=args.runs, seed=args.seed)
     except BudgetExceededError as e:
         print(f"pate_label: refused: {e}", file=sys.stderr)
         return 3
-    except (ConfigError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, a ledger mismatch, a bad budget file
         print(f"pate_label: error: {e}", file=sys.stderr)
         return 2
     for r in reports:
         wer = "-" if r["pseudo_label_wer"] is None else f"{r['pseudo_label_wer']:.2f}%"
-        print(f"{r['name']}: {r['run_status']}; eps {r['epsilon_headline']:.4g} ({r['accounting']}; "
-              f"data-independent {r['epsilon']['data_independent']:.4g}) at delta {r['delta']:g}, unit "
-              f"{r['privacy_unit']}; {r['queries']} queries; labelled {r['utterances']['written']}/"
-              f"{r['utterances']['total']}; pseudo-label WER {wer}; -> {r['text']}")
+        c = r["claim"]
+        print(f"{r['name']}: {r['run_status']}; released ({c['epsilon']:.4g}, {c['delta']:g})-DP, unit {c['unit']}; "
+              f"{r['queries']} queries; labelled {r['utterances']['written']}/{r['utterances']['total']}; "
+              f"pseudo-label WER {wer}; -> {r['text']}")
+    print(f"ledger {ledger.path}: everything released from this sensitive set together: eps "
+          f"{ledger.spent()[0]:.4g} of {ledger.eps_budget:g} at delta {ledger.delta:g}")
     return 0
 
 

@@ -6,10 +6,10 @@ worst-case cost given what the queries before it actually cost (for Confident-GN
 GNMax step, though only answered queries then pay the second). The first query that does not fit exhausts the
 budget: it and every later query are refused, so the stopping point is one number.
 
-With ``basis="data_dependent"`` that stopping point depends on the sensitive votes: the number of answered
-queries is then a data-dependent release, to be recorded in the ledger and covered when the data-dependent
-epsilon is released (smooth sensitivity). With ``basis="data_independent"`` it depends on public settings and on
-the outputs of accounted mechanisms only.
+The default ``basis="data_independent"`` makes the stopping point depend on public settings and on the outputs
+of accounted mechanisms only: the one basis a release may stop on. ``basis="data_dependent"`` is for analysis
+and simulation only: a stop on it makes the set of answered queries a function of the sensitive votes, which no
+finite epsilon covers (PRIVACY.md, ground rules); stage 4 never uses it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class PrivacyBudget:
     """(eps, delta) budget over RDP curves; ``admit`` decides how many of a batch of queries may run."""
 
     def __init__(self, eps: float, delta: float, orders: Optional[Sequence[float]] = None,
-                 basis: str = "data_dependent", conversion: str = "improved",
+                 basis: str = "data_independent", conversion: str = "improved",
                  spent_data_dependent=None, spent_data_independent=None):
         if basis not in BASES:
             raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
