@@ -270,15 +270,30 @@ def test_threshold_local_sensitivity_bounds_the_change_to_a_neighbour():
     assert nonzero >= 4
 
 
-def test_smooth_sensitivity_release_is_seeded_and_costs_gnss():
+def test_smooth_sensitivity_release_is_seeded_costs_gnss_and_takes_no_data_derived_noise():
     ls = np.array([0.01, 0.02, 0.015])
-    a = smooth_sensitivity.release_smooth_sensitivity(0.3, ls, 10.0, 1e-5, np.random.default_rng(9))
-    b = smooth_sensitivity.release_smooth_sensitivity(0.3, ls, 10.0, 1e-5, np.random.default_rng(9))
+    kw = {"beta": 0.049, "sigma_ss": 5.0}
+    a = smooth_sensitivity.release_smooth_sensitivity(0.3, ls, 10.0, 1e-5, np.random.default_rng(9), **kw)
+    b = smooth_sensitivity.release_smooth_sensitivity(0.3, ls, 10.0, 1e-5, np.random.default_rng(9), **kw)
     assert a == b
-    assert a.beta == pytest.approx(0.049) and a.smooth_sensitivity == pytest.approx(0.02 * math.exp(-0.049))
-    assert a.rdp_release_cost == pytest.approx(smooth_sensitivity.rdp_gnss(a.beta, a.sigma_ss, 10.0))
-    free = smooth_sensitivity.release_smooth_sensitivity(0.3, np.zeros(3), 10.0, 1e-5, np.random.default_rng(9))
-    assert free.rdp_released == 0.3 and free.rdp_release_cost == 0.0
+    assert a.sigma_ss == 5.0 and a.smooth_sensitivity == pytest.approx(0.02 * math.exp(-0.049))
+    assert a.rdp_release_cost == pytest.approx(smooth_sensitivity.rdp_gnss(0.049, 5.0, 10.0))
+    free = smooth_sensitivity.release_smooth_sensitivity(0.3, np.zeros(3), 10.0, 1e-5, np.random.default_rng(9),
+                                                         **kw)
+    assert free.rdp_released == 0.3 and free.rdp_release_cost == a.rdp_release_cost  # paid all the same
+    with pytest.raises(TypeError):  # no default noise scale: it would be chosen from the votes
+        smooth_sensitivity.release_smooth_sensitivity(0.3, ls, 10.0, 1e-5, np.random.default_rng(9))
+    with pytest.raises(ValueError, match="order"):
+        smooth_sensitivity.release_smooth_sensitivity(0.3, ls, 20.0, 1e-5, np.random.default_rng(9), **kw)
+
+
+def test_smooth_sensitivity_preconditions_hold_where_the_reference_uses_them():
+    """Where the reference applies smooth sensitivity (MNIST, sigma 40, orders 7.5 and 14, 10 classes)."""
+    assert smooth_sensitivity.check_conditions(40.0, 10, 14.0) and smooth_sensitivity.check_conditions(40.0, 10, 7.5)
+    assert not smooth_sensitivity.check_conditions(10.0, 10, 50.0)  # C6 fails: the release must refuse it
+    with pytest.raises(ValueError, match="not valid"):
+        smooth_sensitivity.release_smooth_sensitivity(0.3, np.array([0.01]), 50.0, 1e-5, np.random.default_rng(0),
+                                                      beta=0.49 / 50, sigma_ss=5.0, sigma=10.0, num_classes=10)
 
 
 # ------------------------------------------------------------------------------------------------ calibration

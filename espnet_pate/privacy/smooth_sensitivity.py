@@ -12,7 +12,8 @@ order l:
 * smooth sensitivity SS = max_d e^(-beta_ss d) LS(d), summed over queries per distance first;
 * the GNSS release: publish beta_total + SS * sigma_ss * N(0, 1); it costs (Theorem 23)
   RDP(l) = l e^(2 beta_ss) / sigma_ss^2 + (beta_ss l - log(1 - 2 l beta_ss)/2) / (l - 1), 1 < l < 1/(2 beta_ss).
-  sigma_ss = (l e^(2 beta_ss) / SS)^(1/3) minimises that cost plus two standard deviations of the noise.
+  sigma_ss = (l e^(2 beta_ss) / SS)^(1/3) minimises that cost plus two standard deviations of the noise; it and
+  beta_ss are fixed in advance from public information, never chosen from the sensitive SS.
 
 Hard votes only (the distance argument moves whole votes).
 """
@@ -39,6 +40,7 @@ from espnet_pate.privacy.rdp_gnmax import (
 
 __all__ = [
     "SmoothSensitivityRelease",
+    "check_conditions",
     "local_sensitivity_by_distance_gnmax",
     "local_sensitivity_by_distance_threshold",
     "local_sensitivity_gnmax",
@@ -177,8 +179,28 @@ def rdp_gnss(beta: float, sigma_ss: float, order: float) -> float:
 
 
 def optimal_sigma_ss(ss: float, beta: float, order: float) -> float:
-    """argmin over sigma of l e^(2 beta)/sigma^2 + 2 SS sigma: (l e^(2 beta) / SS)^(1/3)."""
+    """argmin over sigma of l e^(2 beta)/sigma^2 + 2 SS sigma: (l e^(2 beta) / SS)^(1/3). A planning aid: feed it an
+    SS from public information (e.g. shadow teachers' votes), never the sensitive one, and fix the result in
+    advance: a noise scale chosen from the sensitive SS would itself leak it."""
     return (order * math.exp(2 * beta) / ss) ** (1 / 3)
+
+
+def check_conditions(sigma: float, num_classes: int, order: float, num_points: int = 200) -> bool:
+    """Conditions C5 and C6 of the reference analysis (Papernot et al. 2018, App. B.4.2), on a log grid of q:
+    C5, beta(q) is non-decreasing on (0, q0); C6, beta(bu(q)) - beta(q) is non-decreasing on (0, bl(q0)). Where
+    they fail, the local sensitivity computed from bu/bl does not bound the change of the cost."""
+    def non_decreasing(values):
+        values = np.asarray(values)
+        return bool(np.all(np.diff(values) >= -1e-12 * np.maximum(np.abs(values[1:]), 1e-300)))
+
+    logq0 = logq0_gnmax(sigma, order)
+    grid = np.linspace(max(logq0 * 20, -50_000.0), logq0, num_points)
+    if not non_decreasing([_beta(lq, sigma, order) for lq in grid]):
+        return False
+    logbl_q0 = _log_bl(logq0, sigma, num_classes)
+    grid = np.linspace(max(logbl_q0 * 20, -50_000.0), logbl_q0, num_points)
+    return non_decreasing([_beta(_log_bu(lq, sigma, num_classes), sigma, order) - _beta(lq, sigma, order)
+                           for lq in grid])
 
 
 @dataclass(frozen=True)
@@ -194,20 +216,24 @@ class SmoothSensitivityRelease:
 
 
 def release_smooth_sensitivity(rdp_total: float, ls_by_distance, order: float, delta: float,
-                               rng: np.random.Generator, beta: Optional[float] = None,
-                               sigma_ss: Optional[float] = None) -> SmoothSensitivityRelease:
+                               rng: np.random.Generator, *, beta: float, sigma_ss: float,
+                               sigma: Optional[float] = None, num_classes: int = 10) -> SmoothSensitivityRelease:
     """Publish a data-dependent RDP value at one order with GNSS noise.
 
-    ``ls_by_distance``: LS(d) summed over the queries (and steps) whose cost ``rdp_total`` sums. beta defaults
-    to 0.49/order (the paper's choice), sigma_ss to ``optimal_sigma_ss``.
+    ``ls_by_distance``: LS(d) summed over the queries (and steps) whose cost ``rdp_total`` sums. ``beta`` and
+    ``sigma_ss`` must be fixed in advance from public information (the paper's beta is 0.49 / order); neither may
+    be chosen from the votes. ``sigma``: the GNMax noise (with ``num_classes``), whose ``check_conditions`` must
+    hold at ``order``.
+    The release is paid whatever the smooth sensitivity turns out to be.
     """
-    beta = 0.49 / order if beta is None else float(beta)
+    beta, sigma_ss = float(beta), float(sigma_ss)
+    if not beta > 0 or not sigma_ss > 0:
+        raise ValueError(f"beta and sigma_ss must be positive, fixed in advance; got {beta}, {sigma_ss}")
+    if sigma is not None and not check_conditions(sigma, num_classes, order):
+        raise ValueError(f"the data-dependent bound is not valid and monotone below q0 at sigma={sigma}, "
+                         f"order={order}: its local sensitivity cannot be bounded this way")
     ss = smooth_sensitivity(ls_by_distance, beta)
-    if ss == 0:  # the released value does not depend on the data at all: nothing to noise, nothing to pay
-        sigma_ss, cost, noisy = 0.0, 0.0, float(rdp_total)
-    else:
-        sigma_ss = optimal_sigma_ss(ss, beta, order) if sigma_ss is None else float(sigma_ss)
-        cost = rdp_gnss(beta, sigma_ss, order)
-        noisy = float(rdp_total) + ss * sigma_ss * float(rng.standard_normal())
+    cost = rdp_gnss(beta, sigma_ss, order)
+    noisy = float(rdp_total) + ss * sigma_ss * float(rng.standard_normal())
     eps, _ = eps_improved([max(noisy, 0.0) + cost], delta, [order])
     return SmoothSensitivityRelease(order, beta, ss, sigma_ss, noisy, cost, eps, delta)
