@@ -111,11 +111,13 @@ def test_the_stop_cannot_depend_on_the_votes(toy, tmp_path):
     runs = {"plurality": RUNS["plurality"],
             "gnmax_utt": {"mechanism": "gnmax", "level": "utterance", "target_eps": 40.0, "sigma": 1.0,
                           "nbest": 3, "beam_size": 3}}
-    asked = []
+    asked, votes = [], []
     for i, teachers in enumerate((toy["teacher_dirs"], neighbour)):
         reps = run_stage4(conf(runs), inputs(toy, tmp_path / f"pate{i}", teachers=teachers),
                           ledger(tmp_path / f"ledger{i}.jsonl"), seed=5)
         asked.append([(r["queries"], r["utterances"]["considered"], r["claim"]["epsilon"]) for r in reps])
+        votes.append([r["operator_diagnostics"]["agreement_histogram"]["queries"] for r in reps])
+    assert votes[0] != votes[1]  # the neighbouring teacher does vote otherwise
     assert asked[0] == asked[1]
 
 
@@ -288,3 +290,31 @@ def test_agreement_survey_releases_nothing_and_keeps_real_teachers_apart(toy, tm
     assert not (out / "agreement_survey.json").exists() and not list(out.glob("*.jsonl"))
     assert pate_label.main(argv + ["--shadow"]) == 0
     assert json.loads((out / "agreement_survey.json").read_text())["private"] is False
+
+
+def _release_in_a_process(toy_dirs, out, lpath, queue):
+    toy = {"teacher_dirs": [Path(d) for d in toy_dirs["teacher_dirs"]], "data": Path(toy_dirs["data"]),
+           "public": Path(toy_dirs["public"])}
+    (r,) = run_stage4(conf({"plurality": RUNS["plurality"]}), inputs(toy, out), ledger(lpath))
+    queue.put((r["run_status"], r["release_id"], r["text_sha256"]))
+
+
+def test_two_concurrent_runs_of_one_entry_publish_one_recorded_release(toy, tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    dirs = {"teacher_dirs": [str(d) for d in toy["teacher_dirs"]], "data": str(toy["data"]),
+            "public": str(toy["public"])}
+    procs = [ctx.Process(target=_release_in_a_process, args=(dirs, tmp_path / "pate", tmp_path / "l.jsonl", queue))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(r[0] for r in results) == ["new", "reused"]
+    assert results[0][1:] == results[1][1:]
+    rel = PrivacyLedger(str(tmp_path / "l.jsonl")).releases
+    assert len(rel) == 1 and rel[0].outputs == results[0][2]
