@@ -22,7 +22,7 @@ from espnet_pate.ensemble.pate_labeling import (  # noqa: E402
 )
 from espnet_pate.ensemble.toy import write_toy_setup  # noqa: E402
 from espnet_pate.privacy.calibration import calibrate_gnmax_sigma  # noqa: E402
-from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger  # noqa: E402
+from espnet_pate.privacy.ledger import BudgetExceededError, LedgerMismatchError, PrivacyLedger  # noqa: E402
 from espnet_pate.report.results import read_privacy_info  # noqa: E402
 
 RUNS = {
@@ -166,9 +166,13 @@ def test_over_budget_is_refused_and_the_draw_cannot_be_rerolled(toy, tmp_path, m
     argv = ["--config", str(cfg), "--teachers", str(toy["teachers"]), "--data", str(toy["data"]),
             "--out", str(out), "--unit", "speaker"]
     assert pate_label.main(argv) == 3
-    # with a larger budget the same draw is recorded, not a fresh one
+    # with a larger budget the same draw is recorded, not a fresh one; the ledger's header fixes its budget, so a
+    # larger one needs a new ledger (this one holds no release)
     monkeypatch.setattr(pate_labeling, "_draw", lambda *a, **k: pytest.fail("re-rolled the noise"))
     cfg.write_text(yaml.safe_dump(conf(eps_budget=1e5, runs=one)))
+    with pytest.raises(LedgerMismatchError, match="eps=0.5"):
+        pate_label.main(argv)
+    (out / "ledger.jsonl").unlink()
     assert pate_label.main(argv) == 0
     assert (out / "gnmax_tok" / "text").read_bytes() == drawn
 
