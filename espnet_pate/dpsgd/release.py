@@ -15,16 +15,15 @@ operator file, and never written into a released file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import yaml
 
 from espnet_pate.dpsgd.accounting import rdp_curve
-from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger, Release, make_release_id
+from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger, Release, file_sha256, make_release_id
 
 MODEL_FILE = "valid.loss.ave.pth"  # what stage 7 decodes and the model zoo packs
 REPORT_FILE = "dp_report.json"
@@ -34,14 +33,6 @@ ID_KEYS = ("sampling", "unit", "num_units", "sample_rate", "steps_per_epoch", "m
            "clip_norm", "noise_multiplier", "target_epsilon", "delta", "accountant", "seed")
 
 __all__ = ["MODEL_FILE", "REPORT_FILE", "check_plan_fits", "data_files", "record_dpsgd_model", "release_id"]
-
-
-def _sha256(path: os.PathLike | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_files(train_data_path_and_name_and_type: Iterable[Sequence[str]], plan: Dict) -> List[str]:
@@ -56,7 +47,7 @@ def release_id(plan: Dict, files: Sequence[str], system_dir: os.PathLike | str) 
     """(release id, params, inputs) of the DP-SGD model trained into ``system_dir`` with ``plan`` on ``files``."""
     params = {k: plan.get(k) for k in ID_KEYS}
     params["system"] = Path(system_dir).name
-    inputs = {"train_data_sha256": [_sha256(f) for f in files]}
+    inputs = {"train_data_sha256": [file_sha256(f) for f in files]}
     return make_release_id(_what(system_dir), MECHANISM, params, inputs), params, inputs
 
 
@@ -105,4 +96,4 @@ def record_dpsgd_model(ledger_path: str, system_dir: os.PathLike | str) -> Tuple
                "system_dir": str(system_dir)}
     return ledger.record(_what(system_dir), MECHANISM, params, rdp_curve(segments, ledger.orders),
                          int(report["steps"]), release_id=rid, data_dependent=False,
-                         outputs=f"sha256:{_sha256(model)}", details=details)
+                         outputs=f"sha256:{file_sha256(model)}", details=details)
