@@ -80,6 +80,10 @@ token_list=${token_dir}/tokens.txt
 stats_dir=${expdir}/asr_stats_public
 shape_dir=${dumpdir}/shapes
 decode_config=${conf_dir}/decode_transducer.yaml
+# One privacy ledger for the sensitive data set: every release from it composes there, within the budget of
+# ${privacy_config} (its header fixes the budget; espnet_pate/privacy/ledger.py).
+ledger=${expdir}/privacy_ledger.jsonl
+privacy_config=${conf_dir}/privacy${sfx}.yaml
 all_sets="public_labeled sensitive public_unlabeled public_unlabeled_diff dev test"
 
 # unfinished PREFIX NAME...: sets todo=(the NAMEs whose model ${expdir}/PREFIX<NAME> has no .done marker) and logs
@@ -210,23 +214,27 @@ fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   # The public model fine-tuned on all of sensitive: without DP (epsilon infinite), and with DP-SGD once per
-  # target epsilon (local/train_baseline.sh). Each DP-SGD run writes its own privacy.json, dp_report.json and
-  # config.yaml's dp_report; an interrupted run resumes from its checkpoint with the accountant's state. The privacy
-  # unit follows --partition_unit, so that DP-SGD and PATE are compared at the same unit.
+  # target epsilon (local/train_baseline.sh). Each DP-SGD run is checked against the ledger before it trains
+  # (refused if its planned cost cannot fit), records its model there when it finishes, and writes its own
+  # privacy.json, dp_report.json and config.yaml's dp_report; an interrupted run resumes from its checkpoint with
+  # the accountant's state. The privacy unit follows --partition_unit, so that DP-SGD and PATE are compared at the
+  # same unit.
   [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="4 8"; }
-  baselines=(nonprivate); for eps in $dpsgd_eps; do baselines+=("dpsgd_eps${eps}"); done
-  log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}"
+  baselines=(nonprivate); dp_dirs=(); for eps in $dpsgd_eps; do baselines+=("dpsgd_eps${eps}"); dp_dirs+=("${expdir}/dpsgd_eps${eps}"); done
+  log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}; ledger ${ledger}"
+  ${python} -m espnet_pate.bin.privacy_ledger init --ledger "$ledger" --config "$privacy_config"
   unfinished "" "${baselines[@]}"
   if [ ${#todo[@]} -gt 0 ]; then
     log "training in parallel (--nj ${nj}): ${todo[*]/#/${expdir}/} (logs: ${expdir}/<baseline>/train.log)"
     ${train_cmd} --max-jobs-run "$nj" BASELINE="$(IFS=,; echo "${todo[*]}")" "${expdir}/BASELINE/train.log" \
       local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_teacher_full${sfx}.yaml" \
-        --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" $train_opts
+        --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" --ledger "$ledger" $train_opts
   fi
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
     --unit utterance --note "fine-tuned on all of sensitive without DP"
-  for eps in $dpsgd_eps; do
-    dp_dir=${expdir}/dpsgd_eps${eps}
+  # Models trained before they recorded themselves are recorded here; the others are found and not paid twice.
+  ${python} -m espnet_pate.bin.privacy_ledger record-dpsgd --ledger "$ledger" "${dp_dirs[@]}"
+  for dp_dir in "${dp_dirs[@]}"; do
     [ -f "${dp_dir}/privacy.json" ] || { log "error: no ${dp_dir}/privacy.json (see ${dp_dir}/train.log)"; exit 1; }
   done
 fi

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Usage: local/train_baseline.sh --name NAME --nonprivate_config YAML --dpsgd_config YAML [--dp_unit U]
-#            [--datadir data --dumpdir dump --expdir exp --nbpe N --ngpu N]
+#            [--ledger EXPDIR/privacy_ledger.jsonl --datadir data --dumpdir dump --expdir exp --nbpe N --ngpu N]
 # Trains one stage-6 baseline into EXPDIR/NAME, the public model fine-tuned on all of DATADIR/sensitive: without
 # DP (NAME = nonprivate), or with DP-SGD at target epsilon E (NAME = dpsgd_eps<E>: ESPnet's trainer with exact
 # per-example clipping, Poisson sampling and noise calibrated before training; the privacy unit is --dp_unit).
+# DP-SGD runs against the sensitive data set's privacy ledger (--ledger, which must exist: run.sh creates it):
+# refused before training if its planned cost cannot fit, recorded there when it finishes.
 # A name per job, so that run.sh can train the baselines in parallel; local/train_asr.sh skips a finished one.
 set -euo pipefail
-name=""; nonprivate_config=""; dpsgd_config=""; dp_unit=utterance
+name=""; nonprivate_config=""; dpsgd_config=""; dp_unit=utterance; ledger=""
 datadir=data; dumpdir=dump; expdir=exp; nbpe=100; ngpu=0
-help_message=$(sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//')
+help_message=$(sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//')
 . ./utils/parse_options.sh
 [ -n "$name" ] && [ -n "$nonprivate_config" ] && [ -n "$dpsgd_config" ] || { echo "$help_message" >&2; exit 1; }
 
@@ -18,8 +20,9 @@ case "$name" in
   nonprivate)
     exec local/train_asr.sh --config "$nonprivate_config" "${common[@]}" ;;
   dpsgd_eps*)
+    [ -n "$ledger" ] || ledger=${expdir}/privacy_ledger.jsonl
     exec local/train_asr.sh --config "$dpsgd_config" "${common[@]}" --train_module espnet_pate.bin.asr_transducer_dp_train \
-      -- --dp_target_epsilon "${name#dpsgd_eps}" --dp_unit "$dp_unit" ;;
+      -- --dp_target_epsilon "${name#dpsgd_eps}" --dp_unit "$dp_unit" --dp_ledger "$ledger" ;;
   *)
     echo "$0: unknown baseline '$name' (nonprivate or dpsgd_eps<E>)" >&2; exit 1 ;;
 esac

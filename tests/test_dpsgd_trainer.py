@@ -3,8 +3,11 @@
 Done-when checks: YAML DP options are accepted; the optimizer sees exactly the noisy averaged gradient (ESPnet's
 grad_clip has no effect); speaker-level DP clips each speaker's summed gradient; a run killed mid-epoch and
 resumed with ESPnet's --resume reports the same final epsilon (and accountant steps) as an uninterrupted run;
-privacy.json with epsilon <= target; config.yaml carries the DP settings and the final epsilon; checkpoints load
-strictly into, and decode with, the stock Speech2Text.
+privacy.json with epsilon <= target, every noise segment and whether the target was met; config.yaml carries the
+DP settings and the final epsilon; checkpoints load strictly into, and decode with, the stock Speech2Text. With a
+privacy ledger: a run that cannot fit is refused before training, a finished model is recorded once with the RDP
+curve of its segments on the ledger's grid and its model file's SHA-256. --use_wandb and an --init_param that has
+seen sensitive data are refused.
 
 Tiny everything (a 1-block model of width 32, 12 training utterances of 0.25-0.55 s synthesized with numpy,
 2 epochs of 3 steps). The in-process runs share one `import espnet2` (15-20 s); the real-kill test starts two
@@ -13,6 +16,7 @@ minutes in all.
 """
 
 import copy
+import hashlib
 import json
 import os
 import signal
@@ -41,6 +45,9 @@ from espnet_pate.dpsgd.trainer import (  # noqa: E402
     DpSgdRuntime,
     dp_options,
 )
+from espnet_pate.privacy.ledger import BudgetExceededError, LedgerMissingError, PrivacyLedger  # noqa: E402
+from espnet_pate.privacy.orders import DEFAULT_ORDERS  # noqa: E402
+from espnet_pate.report.privacy_json import write_privacy_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_EPS = 8.0
@@ -466,3 +473,84 @@ def test_cli_killed_mid_epoch_and_resumed(corpus):
     assert rep["segments"] == [[rep["sample_rate"], rep["noise_multiplier"], 80]]
     assert rep["epsilon"] == rep["planned_epsilon"] <= TARGET_EPS  # = the uninterrupted run's figure
     assert json.loads((out / "privacy.json").read_text())["epsilon"] == rep["epsilon"]
+
+
+# --------------------------------------------------------------------------- the ledger and the claims around
+def make_ledger(tmp_path, budget):
+    path = tmp_path / "privacy_ledger.jsonl"
+    PrivacyLedger(str(path), eps_budget=budget, delta=1e-5)
+    return path
+
+
+def independent_rdp(segments):
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    acc = rdp_privacy_accountant.RdpAccountant(orders=list(DEFAULT_ORDERS))
+    for q, sigma, n in segments:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(n))
+    return np.asarray(acc.rdp)
+
+
+def test_run_that_cannot_fit_the_ledger_is_refused_before_training(corpus, tmp_path):
+    ledger = make_ledger(tmp_path, 2.0)  # the target is 8
+    out = tmp_path / "refused"
+    with pytest.raises(BudgetExceededError, match="Nothing was trained"):
+        train(corpus, out, "--dp_ledger", str(ledger))
+    assert not list(out.glob("*.pth")) and PrivacyLedger(str(ledger)).releases == []
+    with pytest.raises(LedgerMissingError):
+        train(corpus, tmp_path / "nowhere", "--dp_ledger", str(tmp_path / "missing.jsonl"))
+
+
+def test_finished_model_is_recorded_once_in_the_ledger(corpus, tmp_path):
+    ledger = make_ledger(tmp_path, 64.0)
+    out = train(corpus, tmp_path / "recorded", "--dp_ledger", str(ledger))
+    rep = report(out)
+    (rel,) = PrivacyLedger(str(ledger)).releases
+    assert rel.mechanism == "dpsgd" and rel.queries == 6 and not rel.data_dependent
+    np.testing.assert_allclose(rel.rdp, independent_rdp(rep["segments"]), rtol=1e-12)
+    model = (out / "valid.loss.ave.pth").resolve()
+    assert rel.outputs == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    priv = json.loads((out / "privacy.json").read_text())
+    assert priv["ledger"] == str(ledger) and priv["met_target"] is True
+    for released in ("privacy.json", "dp_report.json", "config.yaml"):  # the id is a function of the data
+        assert rel.release_id not in (out / released).read_text()
+    before = ledger.read_bytes()
+    train(corpus, out, "--dp_ledger", str(ledger))  # a rerun of the finished run: nothing recorded twice
+    assert ledger.read_bytes() == before
+    cli = subprocess.run([sys.executable, "-m", "espnet_pate.bin.privacy_ledger", "record-dpsgd", "--ledger",
+                          str(ledger), str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == 0 and "already recorded" in cli.stdout, cli.stderr
+    assert ledger.read_bytes() == before
+
+
+def test_resume_with_other_settings_lists_every_noise_segment(corpus, tmp_path):
+    out = tmp_path / "two_segments"
+    train(corpus, out, "--max_epoch", "1", "--dp_target_epsilon", "none", "--dp_noise_multiplier", "0.6")
+    train(corpus, out)  # resumed for epoch 2, with sigma calibrated to epsilon 8 for 6 steps alone
+    rep = report(out)
+    priv = json.loads((out / "privacy.json").read_text())
+    assert [g["steps"] for g in priv["segments"]] == [3, 3]
+    assert priv["segments"][0]["noise_multiplier"] == 0.6
+    assert priv["segments"][1]["noise_multiplier"] == rep["noise_multiplier"] != 0.6
+    assert priv["epsilon"] > TARGET_EPS and priv["met_target"] is False  # both segments are paid
+    assert "0.6" in priv["note"] and priv["num_units_public"] == 12
+
+
+def test_wandb_and_an_init_model_that_saw_sensitive_data_are_refused(corpus, tmp_path):
+    args = DPSGDASRTransducerTask.get_parser().parse_args(common_args(corpus, tmp_path / "x"))
+    args.use_wandb = True
+    with pytest.raises(ValueError, match="use_wandb"):
+        DPSGDTrainer.build_options(args)
+    args.use_wandb = False
+    for mech in ("teacher", "none", "dpsgd", None):
+        model_dir = tmp_path / f"init_{mech}"
+        model_dir.mkdir()
+        if mech:
+            write_privacy_info(model_dir, mechanism=mech)
+        args.init_param = [f"{model_dir}/valid.loss.ave.pth"]
+        with pytest.raises(ValueError, match="init_param"):
+            DPSGDTrainer.build_options(args)
+    write_privacy_info(tmp_path / "public", mechanism="public_only", epsilon=0)
+    args.init_param = [f"{tmp_path}/public/valid.loss.ave.pth:encoder:encoder"]
+    assert DPSGDTrainer.build_options(args).dp_plan["noise_calibrated_to_target"]

@@ -309,3 +309,23 @@ def test_other_order_grid_is_refused(tmp_path):
         PrivacyLedger(path, orders=np.arange(2, 65))
     with pytest.raises(ValueError):
         PrivacyLedger(path).record("x", "gnmax", {}, np.ones(DEFAULT_ORDERS.size - 1), 1)
+
+
+def test_cli_init_fixes_the_budget_and_show_prints_the_total(tmp_path):
+    path = tmp_path / "exp" / "privacy_ledger.jsonl"
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "espnet_pate.bin.privacy_ledger", *map(str, a)],  # noqa
+                                    cwd=REPO, capture_output=True, text=True)
+    conf = os.path.join(REPO, "conf", "privacy.yaml")
+    made = cli("init", "--ledger", path, "--config", conf)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["eps_budget"] == read_budget_config(conf)[0]
+    record(PrivacyLedger(str(path)), "labels", 100)
+    again = cli("init", "--ledger", path, "--config", conf)  # the same budget: a check, nothing new
+    assert again.returncode == 0 and json.loads(again.stdout)["releases"] == 1
+    other = cli("init", "--ledger", path, "--config", os.path.join(REPO, "conf", "privacy_debug.yaml"))
+    assert other.returncode == 2 and "was created with budget" in other.stderr
+    shown = cli("show", "--ledger", path).stdout.strip().split("\n")
+    assert json.loads(shown[0])["what"] == "labels"
+    assert json.loads(shown[-1])["eps"] == pytest.approx(eps_improved(curve(100), 1e-5)[0])
+    missing = cli("show", "--ledger", tmp_path / "none.jsonl")
+    assert missing.returncode == 2 and "no privacy ledger" in missing.stderr

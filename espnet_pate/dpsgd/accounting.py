@@ -10,6 +10,8 @@ Everything here is a thin, tested layer over ``dp_accounting`` (see ../shared/PR
 * ``calibrate_noise(target_eps, q, steps, delta, accountant)``: the smallest noise multiplier (within ``tol``)
   whose epsilon is <= target, found with ``dp_accounting.mechanism_calibration.calibrate_dp_mechanism``.
   The returned epsilon is recomputed and never above the target.
+* ``rdp_curve(segments, orders)``: the RDP curve of the steps on a given order grid (dp_accounting's RdpAccountant
+  with those orders), so that a DP-SGD model composes with other releases in the privacy ledger.
 * ``DpSgdAccountant``: a stateful ledger of the steps actually taken, as run-length segments
   ``(sample_rate, noise_multiplier, steps)``; ``state_dict()``/``load_state_dict()`` round-trip through plain
   JSON-able dicts so the ledger is saved with a training checkpoint and restored on resume.
@@ -21,9 +23,10 @@ and each speaker's summed gradient is clipped); the figures are data-independent
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import dp_accounting
+import numpy as np
 from dp_accounting import mechanism_calibration
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
@@ -40,6 +43,7 @@ __all__ = [
     "compute_epsilon",
     "compute_epsilon_details",
     "make_dp_event",
+    "rdp_curve",
 ]
 
 
@@ -231,6 +235,17 @@ def calibrate_noise(
         sigma += tol
         eps = eps_of(sigma)
     return sigma, eps
+
+
+def rdp_curve(segments: Iterable[Tuple[float, float, int]], orders: Sequence[float]) -> np.ndarray:
+    """RDP of the composed ``(sample_rate, noise_multiplier, steps)`` segments at each of ``orders`` (add/remove-one).
+
+    dp_accounting sets an order it cannot bound (a fractional order at a large sampling rate) to infinity: that
+    order is then simply unusable in the conversion, never an underestimate.
+    """
+    acc = rdp_privacy_accountant.RdpAccountant(orders=[float(o) for o in orders])
+    acc.compose(make_dp_event(segments))
+    return np.asarray(acc.rdp, dtype=float)
 
 
 # ------------------------------------------------------------------------------------- stateful ledger

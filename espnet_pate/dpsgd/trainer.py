@@ -18,7 +18,23 @@ The accountant's ledger rides in the optimizer's ``state_dict`` (optimizer hooks
 carries it and ``--resume true`` restores it with the model: a resumed run composes exactly the steps that reach
 the released model.  The steps of an interrupted epoch are discarded with that epoch's model and never reach an
 output (except the operator's log lines).  At the end, ``dp_report.json`` and ``privacy.json`` are written in the
-output directory and ``config.yaml`` gets the same report under ``dp_report``.
+output directory and ``config.yaml`` gets the same report under ``dp_report``; ``privacy.json`` lists every noise
+segment the run used (a resume with other settings adds one) and whether the final epsilon met the target.
+
+With ``--dp_ledger`` (the sensitive data set's privacy ledger, ``espnet_pate.privacy.ledger``) a run whose planned
+cost does not fit the ledger's remaining budget is refused before training, and the finished model is recorded
+there (``espnet_pate.dpsgd.release``) before its privacy.json is written.
+
+What the guarantee covers, and what is refused around it:
+
+* The number of training units (utterances or speakers) is treated as public: the sampling rate q, the steps per
+  epoch and the noise calibration are computed from it, and it appears in the plan and in config.yaml. The
+  guarantee is for add/remove-one neighbours with that size taken as known.
+* ``--use_wandb true`` is refused: it would send un-noised statistics of the sensitive data (losses, gradient
+  norms) to a third party.
+* ``--init_param`` must point into a model trained on public data only (its directory's privacy.json says
+  mechanism ``public_only``): starting from a teacher, the non-private fine-tune or another DP-SGD model would
+  compose with that model's cost, which this run's fresh accountant does not know.
 
 DP options (command line and YAML, registered in ``add_arguments``) are described in ``add_arguments``.
 """
@@ -57,11 +73,12 @@ from espnet_pate.dpsgd.per_example import (
     make_noise_generator,
     unit_index,
 )
+from espnet_pate.dpsgd.release import REPORT_FILE, check_plan_fits, data_files, record_dpsgd_model
 from espnet_pate.dpsgd.sampler import SAMPLINGS, UNITS, DpIterFactory, build_units, read_keys, read_utt2spk
+from espnet_pate.report.privacy_json import PUBLIC_MECHANISMS, is_public_model, read_privacy_info, write_privacy_info
 
 logger = logging.getLogger(__name__)  # never the root logger before ESPnet's basicConfig
 
-REPORT_FILE = "dp_report.json"
 STATE_KEY = "dp_sgd"  # key of the DP state inside the optimizer's state_dict (hence inside checkpoint.pth)
 NOISE_STREAM = 2
 
@@ -80,6 +97,7 @@ DP_OPTION_DEFAULTS = dict(
     dp_per_example_method="vmap",
     dp_max_physical_batch_size=32,
     dp_conv_norm="frozen_batch_norm",
+    dp_ledger=None,
 )
 
 MODEL_SELECTION_NOTE = (
@@ -132,6 +150,7 @@ def dp_options(args: argparse.Namespace) -> Dict[str, object]:
         "per_example_method": _coerce("dp_per_example_method", g("dp_per_example_method"), str, METHODS),
         "max_physical_batch_size": _coerce("dp_max_physical_batch_size", g("dp_max_physical_batch_size"), int),
         "conv_norm": _coerce("dp_conv_norm", g("dp_conv_norm"), str, CONV_NORMS),
+        "ledger": _coerce("dp_ledger", g("dp_ledger"), str, allow_none=True),
     }
     if not o["clip_norm"] > 0 or not math.isfinite(o["clip_norm"]):
         raise ValueError("--dp_clip_norm must be a positive number")
@@ -253,6 +272,7 @@ def plan_dp(args: argparse.Namespace) -> Dict[str, object]:
         "per_example_method": o["per_example_method"],
         "conv_norm": o["conv_norm"],
         "max_physical_batch_size": o["max_physical_batch_size"],
+        "ledger": o["ledger"],
     }
 
 
@@ -428,6 +448,25 @@ class DpSgdRuntime:
         return stats
 
 
+def write_privacy_claim(output_dir: Path, report: Dict) -> None:
+    """privacy.json of a finished run from its report: every noise segment, and whether it met its target."""
+    segments = [{"sample_rate": q, "noise_multiplier": s, "steps": n} for q, s, n in report["segments"]]
+    described = "; ".join(f"{g['steps']} steps at q={g['sample_rate']:.4g}, sigma={g['noise_multiplier']:.4g}"
+                          for g in segments) or "no steps"
+    note = f"DP-SGD fine-tune, {report['sampling']} sampling, C={report['clip_norm']:g}: {described}"
+    if report["sampling"] != "poisson":
+        note += "; batches not Poisson-sampled: epsilon is NOT a proven bound"
+    if report["seed"] is not None:
+        note += "; fixed DP seed: not for release"
+    write_privacy_info(
+        output_dir, epsilon=report["epsilon"], delta=report["delta"], unit=report["unit"],
+        mechanism="dpsgd" if report["sampling"] == "poisson" else "dpsgd_shuffle",
+        accountant=report["accountant_details"].get("accountant", report["accountant"]), data_dependent=False,
+        target_epsilon=report["target_epsilon"], met_target=report["within_target"], segments=segments,
+        clip_norm=report["clip_norm"], steps=report["steps"], num_units_public=report["num_units"],
+        ledger=report.get("ledger"), note=note)
+
+
 # ------------------------------------------------------------------------------------------ options class
 @dataclasses.dataclass
 class DPSGDTrainerOptions(TrainerOptions):
@@ -449,6 +488,16 @@ def _check_compatible(args: argparse.Namespace) -> None:
         bad.append("distributed / multi-GPU training (one process only)")
     if getattr(args, "use_adapter", False):
         bad.append("--use_adapter true")
+    if getattr(args, "use_wandb", False):
+        bad.append("--use_wandb true (it would send un-noised statistics of the sensitive data to a third party)")
+    for init in getattr(args, "init_param", None) or []:
+        model_dir = Path(str(init).split(":")[0]).parent
+        if not is_public_model(model_dir):
+            mech = read_privacy_info(model_dir).get("mechanism", f"none: no {model_dir / 'privacy.json'}")
+            bad.append(f"--init_param {init}: only a model trained on public data only can start DP-SGD (its "
+                       f"privacy.json must say mechanism {' or '.join(PUBLIC_MECHANISMS)}; it says {mech}): a model "
+                       "that has seen sensitive data would compose with its own cost, which a fresh accountant "
+                       "does not know")
     if getattr(args, "multiple_iterator", False):
         bad.append("--multiple_iterator true")
     if getattr(args, "iterator_type", "sequence") != "sequence":
@@ -513,6 +562,9 @@ class DPSGDTrainer(Trainer):
                            help="Most utterances per per-example-gradient pass (memory; a unit is never split)")
         group.add_argument("--dp_conv_norm", type=str, default=d["dp_conv_norm"], choices=list(CONV_NORMS),
                            help="make_dp_exact's treatment of BatchNorm (frozen_batch_norm keeps stock decoding)")
+        group.add_argument("--dp_ledger", type=str_or_none, default=d["dp_ledger"],
+                           help="The sensitive data set's privacy ledger (it must exist): a run that cannot fit its "
+                                "remaining budget is refused before training, the finished model is recorded there")
         group.add_argument("--dp_report", action=NestedDictAction, default=None,
                            help="Output only: the DP plan and final report written into config.yaml; "
                                 "ignored on input")
@@ -521,6 +573,9 @@ class DPSGDTrainer(Trainer):
     def build_options(cls, args: argparse.Namespace) -> DPSGDTrainerOptions:
         _check_compatible(args)
         plan = plan_dp(args)  # recomputed (calibration cached): --dp_report is output only
+        if plan["ledger"]:  # before any training: a model that cannot be released is not trained
+            check_plan_fits(plan["ledger"], plan, data_files(args.train_data_path_and_name_and_type, plan),
+                            args.output_dir)
         utt2unit = None
         if plan["unit"] == "speaker":
             utt2unit = load_units(args)[3]
@@ -582,15 +637,15 @@ class DPSGDTrainer(Trainer):
 
     @classmethod
     def finalize(cls, rt: DpSgdRuntime, output_dir: Path) -> Dict[str, object]:
-        """Final epsilon into dp_report.json, privacy.json and config.yaml (``dp_report``)."""
-        from espnet_pate.report.results import write_privacy_info
-
+        """Final epsilon into dp_report.json and config.yaml (``dp_report``); with a ledger, the model is recorded
+        there (refused over budget: then no privacy.json); then privacy.json."""
         p = rt.plan
         acc = rt.accountant
         with _quiet_absl():
             details = acc.get_epsilon_details() if acc.steps else {"eps": 0.0, "steps": 0, "segments": []}
         eps = float(details["eps"])
         target = p["target_epsilon"]
+        met_target = None if target is None else bool(eps <= target)
         report = dict(p)
         report.update({
             "status": "finished",
@@ -598,7 +653,7 @@ class DPSGDTrainer(Trainer):
             "steps": acc.steps,
             "epochs_trained": len(rt.history),
             "segments": acc.segments,
-            "within_target": None if target is None else bool(eps <= target),
+            "within_target": met_target,
             "history": rt.history,
             "accountant_details": {k: v for k, v in details.items() if k not in ("segments", "steps", "eps")},
             "data_dependent": False,
@@ -612,19 +667,6 @@ class DPSGDTrainer(Trainer):
                            eps, target)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-        unit_desc = "speaker" if p["unit"] == "speaker" else "utterance"
-        note = (f"DP-SGD fine-tune, {p['sampling']} sampling q={p['sample_rate']:.4g}, sigma="
-                f"{p['noise_multiplier']:.4g}, C={p['clip_norm']:g}, {acc.steps} steps")
-        if p["sampling"] != "poisson":
-            note += "; batches not Poisson-sampled: epsilon is NOT a proven bound"
-        if p["seed"] is not None:
-            note += "; fixed DP seed: not for release"
-        write_privacy_info(
-            output_dir, epsilon=eps, delta=p["delta"], unit=unit_desc,
-            mechanism="dpsgd" if p["sampling"] == "poisson" else "dpsgd_shuffle",
-            accountant=report["accountant_details"].get("accountant", p["accountant"]), data_dependent=False,
-            target_epsilon=target, noise_multiplier=p["noise_multiplier"], sample_rate=p["sample_rate"],
-            clip_norm=p["clip_norm"], steps=acc.steps, note=note)
         cfg = output_dir / "config.yaml"
         if cfg.exists():
             with cfg.open(encoding="utf-8") as f:
@@ -632,8 +674,13 @@ class DPSGDTrainer(Trainer):
             conf["dp_report"] = json.loads(json.dumps(report))  # plain types
             with cfg.open("w", encoding="utf-8") as f:
                 yaml_no_alias_safe_dump(conf, f, indent=4, sort_keys=False)
+        if p.get("ledger"):
+            _, new = record_dpsgd_model(p["ledger"], output_dir)
+            logger.info("DP-SGD model %s in the privacy ledger %s", "recorded" if new else "already recorded",
+                        p["ledger"])
+        write_privacy_claim(output_dir, report)
         logger.info("DP-SGD finished: epsilon %.4g at delta %g (%s unit, %d steps, %s); report in %s", eps,
-                    p["delta"], unit_desc, acc.steps, p["accountant"], output_dir / REPORT_FILE)
+                    p["delta"], p["unit"], acc.steps, p["accountant"], output_dir / REPORT_FILE)
         return report
 
     # ---------------------------------------------------------------------------------------- epoch

@@ -63,6 +63,7 @@ __all__ = [
     "PrivacyLedger",
     "Release",
     "ReleaseConflictError",
+    "file_sha256",
     "make_release_id",
     "read_budget_config",
 ]
@@ -106,6 +107,15 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def file_sha256(path: os.PathLike | str) -> str:
+    """SHA-256 of a file's bytes (a release's outputs: labels, a model file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def make_release_id(what: str, mechanism: str, params: dict, inputs: Any = None) -> str:
