@@ -160,16 +160,12 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
 fi
 
 pate_dir=${expdir}/pate_${teacher_trainable}_k${num_teachers}
-# The one ledger of the sensitive data set: every PATE release and every DP-SGD model trained on sensitive composes
-# there; conf/privacy.yaml fixes its budget when it is created.
-ledger=${expdir}/privacy_ledger.jsonl
-ledger_config=${conf_dir}/privacy${sfx}.yaml
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "Stage 4: noisy ensemble labelling of public_unlabeled (${conf_dir}/pate${sfx}.yaml) into ${pate_dir}"
   # Every release is recorded in ${ledger} before its text is written: a rerun spends nothing.
   cmd=(${python} -m espnet_pate.bin.pate_label --config "${conf_dir}/pate${sfx}.yaml" --teachers "$teachers_dir"
        --data "${datadir}/public_unlabeled" --out "$pate_dir" --public-model "${expdir}/public_only"
-       --partition-manifest "${shards_dir}/manifest.json" --ledger "$ledger" --ledger-config "$ledger_config")
+       --partition-manifest "${shards_dir}/manifest.json" --ledger "$ledger" --ledger-config "$privacy_config")
   log "run: ${cmd[*]}"
   "${cmd[@]}"
 fi

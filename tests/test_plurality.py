@@ -167,3 +167,16 @@ def test_greedy_each_equals_lockstep_greedy_per_teacher():
     assert per_teacher[0] != per_teacher[1]  # the teachers differ, so the check above has teeth
     assert any(h for row in hyps for h in row)  # and they emit tokens
     assert agreement_counts([["a b", "A b", "c"], ["", ""]]).tolist() == [2, 0]
+
+
+def test_planning_from_public_agreement_buys_more_queries_where_teachers_agree_more():
+    from espnet_pate.privacy.plurality import plan_queries
+
+    q_hi, cost_hi, e_hi = plan_queries([40] * 50, 8.0, 1e-5, 1000)
+    q_lo, cost_lo, e_lo = plan_queries([30] * 50, 8.0, 1e-5, 1000)
+    assert q_hi > q_lo and e_hi > e_lo
+    assert cost_hi.eps <= 8.0 and cost_lo.eps <= 8.0
+    # the chosen number beats its neighbours on the same expected-labels criterion
+    for q in (q_lo // 2, q_lo * 2):
+        c = calibrate_plurality(8.0, 1e-5, max(q, 1))
+        assert max(q, 1) * expected_releases([30], c.sigma, c.threshold) <= e_lo + 1e-9

@@ -157,7 +157,7 @@ def test_killed_between_ledger_and_text_does_not_spend_twice(toy, tmp_path, monk
     (r,) = run_stage4(conf(one), inputs(toy, out), ledger(lpath))
     assert r["run_status"] == "resumed" and lpath.read_bytes() == ledger_bytes
     rel = PrivacyLedger(str(lpath)).releases
-    assert len(rel) == 1 and rel[0].outputs == pate_release.sha256_file(out / "gnmax_tok" / "text")
+    assert len(rel) == 1 and rel[0].outputs == pate_release.file_sha256(out / "gnmax_tok" / "text")
     (out / "gnmax_tok" / "text").unlink()  # labels lost after recording: refuse to pay twice silently
     with pytest.raises(RuntimeError, match="labels are lost"):
         run_stage4(conf(one), inputs(toy, out), ledger(lpath))
@@ -265,6 +265,14 @@ def test_configuration_errors_and_calibration():
     with pytest.raises(ConfigError, match="cost eps"):
         resolve_entry("x", {"mechanism": "plurality", "target_eps": 1, "queries": 100, "sigma": 5,
                             "threshold": 40}, {}, 10)
+    auto = {"mechanism": "plurality", "target_eps": 8, "queries": "auto"}
+    shadow = {"private": False, "num_teachers": 10, "plurality": {"top_counts": [9, 10, 8, 10]}}
+    with pytest.raises(ConfigError, match="shadow teachers"):
+        resolve_entry("x", auto, {}, 10)
+    with pytest.raises(ConfigError, match="operator diagnostic"):
+        resolve_entry("x", auto, {}, 10, dict(shadow, private=True))
+    s = resolve_entry("x", auto, {}, 10, shadow, max_queries=50)
+    assert 1 <= s.queries <= 50 and "shadow" in s.calibration["basis"]
     s = resolve_entry("x", {"mechanism": "gnmax", "target_eps": 8, "sigma_over_k": 0.125}, {"delta": 1e-6}, 20)
     assert s.noise == {"sigma": 2.5} and s.delta == 1e-6
     s = resolve_entry("x", {"mechanism": "gnmax", "target_eps": 8, "calibrate": {"planned_queries": 50}}, {}, 20)

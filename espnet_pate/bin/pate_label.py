@@ -50,6 +50,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--survey", type=int, metavar="N",
                    help="instead of labelling: noise-free agreement of the teachers on N public utterances (token, "
                         "utterance and plurality level). Spends and releases nothing")
+    p.add_argument("--plan-survey", metavar="JSON",
+                   help="the shadow teachers' survey (OUT/agreement_survey.json of a --survey --shadow run) that "
+                        "plurality entries with queries: auto are planned from")
     p.add_argument("--shadow", action="store_true",
                    help="the teachers are shadow teachers trained on public data: the survey is public "
                         "(OUT/agreement_survey.json); without it, it is an operator diagnostic of sensitive data "
@@ -104,7 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         eps_budget, delta = read_budget_config(args.ledger_config)
         ledger = PrivacyLedger(args.ledger, eps_budget=eps_budget, delta=delta)
-        reports = run_stage4(args.config, inputs, ledger, only=args.runs, seed=args.seed)
+        survey = json.loads(Path(args.plan_survey).read_text()) if args.plan_survey else None
+        reports = run_stage4(args.config, inputs, ledger, only=args.runs, seed=args.seed, plan_survey=survey)
     except BudgetExceededError as e:
         print(f"pate_label: refused: {e}", file=sys.stderr)
         return 3

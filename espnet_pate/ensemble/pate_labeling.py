@@ -29,12 +29,12 @@ from espnet_pate.data.kaldi_dir import read_table
 from espnet_pate.ensemble.pate_plan import (  # noqa: F401 -- the stage's public names, re-exported
     LEVELS, MECHANISMS, UNITS, ConfigError, RunSettings, load_config, make_aggregator, query_order, resolve_entry,
 )
-from espnet_pate.ensemble.pate_release import PENDING, TEXT, release_entry, sha256_file  # noqa: F401
+from espnet_pate.ensemble.pate_release import PENDING, TEXT, release_entry  # noqa: F401
 from espnet_pate.ensemble.pate_report import OPERATOR_NOTE, agreement_histogram, agreement_of_counts
 from espnet_pate.privacy.accounting import RunCost, confident_gnmax_cost, gnmax_cost, lnmax_cost
 from espnet_pate.privacy.budget import PrivacyBudget
 from espnet_pate.privacy.conversion import eps_from_rdp
-from espnet_pate.privacy.ledger import PrivacyLedger
+from espnet_pate.privacy.ledger import PrivacyLedger, file_sha256
 from espnet_pate.privacy.orders import as_orders, orders_id
 from espnet_pate.privacy.plurality import plurality_cost
 
@@ -86,7 +86,7 @@ class _Context:
         self.inputs = inputs
         self.ens = ensemble if ensemble is not None else TeacherEnsemble.from_dirs(inputs.teacher_dirs, inputs.device)
         self.wav_scp = read_table(Path(inputs.data_dir) / "wav.scp")
-        self.wav_scp_sha256 = sha256_file(Path(inputs.data_dir) / "wav.scp")
+        self.wav_scp_sha256 = file_sha256(Path(inputs.data_dir) / "wav.scp")
         self._soundfile = soundfile
         self._public = public_speech2text
         self._public_conf = None
@@ -156,7 +156,7 @@ class _Context:
 
 
 def _release_inputs(ctx: _Context, s: RunSettings) -> dict:
-    from espnet_pate.ensemble.teachers import MODEL_FILE, file_sha256
+    from espnet_pate.ensemble.teachers import MODEL_FILE
 
     inputs = {"teachers": ctx.ens.checksums or [str(d) for d in ctx.inputs.teacher_dirs],
               "public_wav_scp_sha256": ctx.wav_scp_sha256, "unit": ctx.inputs.unit}
@@ -352,9 +352,11 @@ def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, 
 
 
 def run_stage4(config, inputs: Stage4Inputs, ledger: PrivacyLedger, only: Optional[Sequence[str]] = None,
-               seed: Optional[int] = None, ensemble=None, public_speech2text=None) -> List[dict]:
+               seed: Optional[int] = None, ensemble=None, public_speech2text=None,
+               plan_survey: Optional[dict] = None) -> List[dict]:
     """Every entry of the configuration (or those named in ``only``), in order, recorded in ``ledger`` (the one
-    ledger of the sensitive data set); returns their reports.
+    ledger of the sensitive data set); returns their reports. ``plan_survey``: the shadow teachers' agreement
+    survey (public) that ``queries: auto`` entries are planned from.
 
     An entry the ledger refuses raises ``BudgetExceededError`` after the entries before it are done.
     """
@@ -367,7 +369,8 @@ def run_stage4(config, inputs: Stage4Inputs, ledger: PrivacyLedger, only: Option
         raise ConfigError(f"no runs named {missing}; the configuration has {list(conf['runs'])}")
     ctx = _Context(inputs, ensemble, public_speech2text)
     Path(inputs.out_dir).mkdir(parents=True, exist_ok=True)
-    settings = [resolve_entry(n, conf["runs"][n], conf.get("defaults") or {}, ctx.ens.num_teachers) for n in names]
+    settings = [resolve_entry(n, conf["runs"][n], conf.get("defaults") or {}, ctx.ens.num_teachers, plan_survey,
+                              len(ctx.wav_scp)) for n in names]
     reports = []
     for i, s in enumerate(settings):
         log.info("stage 4 [%d/%d]: %s (%s, %s level, target eps %g)", i + 1, len(settings), s.name, s.mechanism,

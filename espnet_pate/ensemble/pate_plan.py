@@ -5,7 +5,9 @@ of teachers, or ``calibrate``). What each release may look at before it is paid 
 
 * which public utterances are queried, and in what order (``select``: ``first`` = utterance-id order, ``shortest``
   = by duration; both read public audio only);
-* when it stops: the thresholded plurality asks exactly ``queries`` queries (its cost is known before decoding);
+* when it stops: the thresholded plurality asks exactly ``queries`` queries (its cost is known before decoding;
+  ``queries: auto`` chooses the number that maximises the expected labels under the agreement of shadow teachers
+  trained on public data, a public survey: ``plan_queries``);
   the noisy-max mechanisms stop on their data-independent cost (``stop_at_budget``), which depends on public
   settings and on the outputs of accounted mechanisms only (for Confident-GNMax: which queries were answered).
   A stop on the data-dependent cost would make the set of labelled utterances a function of the votes, which no
@@ -21,7 +23,7 @@ import numpy as np
 
 from espnet_pate.privacy.calibration import calibrate_confident_gnmax, calibrate_gnmax_sigma, calibrate_lnmax_scale
 from espnet_pate.privacy.mechanisms import ConfidentGNMax, GNMax, LNMax
-from espnet_pate.privacy.plurality import ThresholdedPlurality, calibrate_plurality, plurality_cost
+from espnet_pate.privacy.plurality import ThresholdedPlurality, calibrate_plurality, plan_queries, plurality_cost
 
 MECHANISMS = ("lnmax", "gnmax", "confident_gnmax", "plurality")
 LEVELS = ("token", "utterance")
@@ -142,18 +144,43 @@ def _calibrate(name: str, mech: str, cal, target: float, delta: float, k: int, q
                    "than target_eps however the teachers vote"}
 
 
-def resolve_entry(name: str, entry: Mapping, defaults: Mapping, num_teachers: int) -> RunSettings:
+def _auto_queries(name: str, merged: dict, survey: Optional[Mapping], num_teachers: int, max_queries: int) -> tuple:
+    if survey is None:
+        raise ConfigError(f"run {name}: queries: auto is planned from a public agreement survey of shadow teachers "
+                          "(pate_label --survey N --shadow, then --plan-survey FILE)")
+    if survey.get("private", True):
+        raise ConfigError(f"run {name}: the survey of the real teachers is an operator diagnostic of sensitive data "
+                          "and may not size a setting: survey shadow teachers trained on public data")
+    if int(survey["num_teachers"]) != num_teachers:
+        raise ConfigError(f"run {name}: the survey has {survey['num_teachers']} shadow teachers, the ensemble "
+                          f"{num_teachers}: plan with as many shadow teachers as teachers")
+    q, cost, expected = plan_queries(survey["plurality"]["top_counts"], float(merged["target_eps"]),
+                                     float(merged["delta"]), max_queries)
+    surveyed = len(survey["plurality"]["top_counts"])
+    return q, {"queries": q, "sigma": cost.sigma, "threshold": cost.threshold,
+               "basis": f"queries: auto, planned from the shadow teachers' agreement on {surveyed} public "
+                        f"utterances: {expected:.1f} expected labels"}
+
+
+def resolve_entry(name: str, entry: Mapping, defaults: Mapping, num_teachers: int, survey: Optional[Mapping] = None,
+                  max_queries: int = 1000) -> RunSettings:
+    """An entry with its defaults, for ``num_teachers`` teachers. ``survey``: a public (shadow-teacher) agreement
+    survey, for ``queries: auto``; ``max_queries``: the most queries it may plan (the public set's size)."""
     merged = {**ENTRY_DEFAULTS, **(defaults or {}), **(entry or {})}
     mech = merged.get("mechanism")
     if mech not in MECHANISMS:
         raise ConfigError(f"run {name}: mechanism must be one of {MECHANISMS}, got {mech!r}")
     _check_keys(name, merged, mech)
+    planned = None
     if mech == "plurality":
         merged["level"] = (entry or {}).get("level", "utterance")
         if merged["level"] != "utterance":
             raise ConfigError(f"run {name}: plurality counts whole transcripts: level must be utterance")
+        if merged["queries"] == "auto":
+            merged["queries"], planned = _auto_queries(name, merged, survey, num_teachers, max_queries)
         if merged["queries"] is None or int(merged["queries"]) < 1:
-            raise ConfigError(f"run {name}: plurality needs queries: N (>= 1), the number of queries fixed in advance")
+            raise ConfigError(f"run {name}: plurality needs queries: N (>= 1) or auto, the number of queries fixed "
+                              "in advance")
     elif merged["queries"] is not None:
         raise ConfigError(f"run {name}: queries applies to plurality; noisy-max runs stop on their "
                           "data-independent cost (limit them with max_utterances)")
@@ -174,6 +201,7 @@ def resolve_entry(name: str, entry: Mapping, defaults: Mapping, num_teachers: in
     given = [v for v in noise.values() if v is not None]
     if merged.get("calibrate") is not None or (mech == "plurality" and not given):
         noise, calibration = _calibrate(name, mech, merged.get("calibrate"), target, delta, num_teachers, queries)
+        calibration = planned or calibration
     missing = [key for key, v in noise.items() if v is None]
     if missing:
         raise ConfigError(f"run {name}: {mech} needs {missing} (or *_over_k, or calibrate)")

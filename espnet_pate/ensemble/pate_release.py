@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Optional
 
 from espnet_pate.ensemble.pate_plan import RunSettings
 from espnet_pate.ensemble.pate_report import report_markdown, write_student_privacy_info
-from espnet_pate.privacy.ledger import PrivacyLedger, make_release_id
+from espnet_pate.privacy.ledger import PrivacyLedger, file_sha256, make_release_id
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ REPORT_JSON, REPORT_MD, TEXT = "privacy_report.json", "privacy_report.md", "text
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return sha256_bytes(Path(path).read_bytes())
 
 
 def kaldi_text_bytes(labels: Mapping[str, str]) -> bytes:
@@ -80,7 +76,7 @@ def load_pending(pending: Path) -> Optional[dict]:
     try:
         meta = json.loads((pending / "meta.json").read_text())
         text = pending / TEXT if (pending / TEXT).exists() else pending.parent / TEXT
-        text_ok = sha256_file(text) == meta["text_sha256"]
+        text_ok = file_sha256(text) == meta["text_sha256"]
     except (OSError, ValueError, KeyError):
         return None
     return meta if text_ok else None
@@ -124,7 +120,7 @@ def finalise(out: Path, meta: dict, release_id: str, status: str, finish) -> dic
     if (pending / TEXT).exists():
         os.replace(pending / TEXT, out / TEXT)
     report = finish(meta, release_id, status)
-    report["text"], report["text_sha256"] = str(out / TEXT), sha256_file(out / TEXT)
+    report["text"], report["text_sha256"] = str(out / TEXT), file_sha256(out / TEXT)
     write_fsync(out / REPORT_JSON, (json.dumps(report, indent=1, sort_keys=True, default=float) + "\n").encode())
     write_fsync(out / REPORT_MD, report_markdown(report).encode())
     write_student_privacy_info(out, report)
@@ -135,7 +131,7 @@ def finalise(out: Path, meta: dict, release_id: str, status: str, finish) -> dic
 def _reuse(out: Path, release_id: str, recorded, ledger: PrivacyLedger, finish) -> dict:
     pending = out / PENDING
     meta = load_pending(pending)
-    if (out / TEXT).exists() and sha256_file(out / TEXT) == recorded.outputs:
+    if (out / TEXT).exists() and file_sha256(out / TEXT) == recorded.outputs:
         if meta is None and (out / REPORT_JSON).exists():
             report = json.loads((out / REPORT_JSON).read_text())
             if report.get("release_id") == release_id:

@@ -20,7 +20,6 @@ teachers trained by PateASRTransducerTask keep them frozen under ``freeze_param`
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from espnet_pate.privacy.ledger import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,6 @@ def teacher_dirs_in(path: os.PathLike | str) -> List[Path]:
     if [int(p.name[8:]) for p in found] != list(range(len(found))):
         raise FileNotFoundError(f"{path}: teacher directories are not numbered 0..K-1: {[p.name for p in found]}")
     return found
-
-
-def file_sha256(path: os.PathLike | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_model(model_dir: os.PathLike | str, device: str = "cpu", model_file: str = MODEL_FILE):

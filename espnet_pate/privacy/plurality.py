@@ -42,6 +42,7 @@ __all__ = [
     "calibrate_plurality",
     "expected_releases",
     "normalise_transcript",
+    "plan_queries",
     "plurality_beta",
     "plurality_cost",
     "plurality_threshold",
@@ -192,3 +193,20 @@ def expected_releases(top_counts, sigma: float, threshold: float) -> float:
     (a planning figure, e.g. from shadow teachers trained on public data; competing strings are ignored)."""
     n = np.asarray(top_counts, dtype=float)
     return float(ndtr((n - float(threshold)) / _positive(sigma, "sigma")).sum())
+
+
+def plan_queries(top_counts, target_eps: float, delta: float, max_queries: int,
+                 accountant: str = "rdp") -> tuple:
+    """(queries, cost, expected releases): the number of queries that maximises the expected labels when the
+    queried utterances agree like ``top_counts`` (each surveyed utterance's most frequent string count). The counts
+    must be public: shadow teachers trained on public data, never the real teachers."""
+    tops = np.asarray(top_counts, dtype=float)
+    if tops.size == 0:
+        raise ValueError("no surveyed utterances to plan from")
+    best = None
+    for q in sorted({int(round(x)) for x in np.geomspace(1, max(int(max_queries), 1), 48)}):
+        cost = calibrate_plurality(target_eps, delta, q, accountant)
+        expected = q * expected_releases(tops, cost.sigma, cost.threshold) / tops.size
+        if best is None or expected > best[2]:
+            best = (q, cost, expected)
+    return best
