@@ -75,6 +75,7 @@ from espnet_pate.dpsgd.per_example import (
 )
 from espnet_pate.dpsgd.release import REPORT_FILE, check_plan_fits, data_files, record_dpsgd_model
 from espnet_pate.dpsgd.sampler import SAMPLINGS, UNITS, DpIterFactory, build_units, read_keys, read_utt2spk
+from espnet_pate.privacy.ledger import PrivacyLedger
 from espnet_pate.report.privacy_json import PUBLIC_MECHANISMS, is_public_model, read_privacy_info, write_privacy_info
 
 logger = logging.getLogger(__name__)  # never the root logger before ESPnet's basicConfig
@@ -675,10 +676,13 @@ class DPSGDTrainer(Trainer):
             with cfg.open("w", encoding="utf-8") as f:
                 yaml_no_alias_safe_dump(conf, f, indent=4, sort_keys=False)
         if p.get("ledger"):
-            _, new = record_dpsgd_model(p["ledger"], output_dir)
-            logger.info("DP-SGD model %s in the privacy ledger %s", "recorded" if new else "already recorded",
-                        p["ledger"])
-        write_privacy_claim(output_dir, report)
+            with PrivacyLedger(p["ledger"], create=False).exclusive():  # the release: record, then the claim
+                _, new = record_dpsgd_model(p["ledger"], output_dir)
+                logger.info("DP-SGD model %s in the privacy ledger %s", "recorded" if new else "already recorded",
+                            p["ledger"])
+                write_privacy_claim(output_dir, report)
+        else:
+            write_privacy_claim(output_dir, report)
         logger.info("DP-SGD finished: epsilon %.4g at delta %g (%s unit, %d steps, %s); report in %s", eps,
                     p["delta"], p["unit"], acc.steps, p["accountant"], output_dir / REPORT_FILE)
         return report
