@@ -243,7 +243,7 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
             awk -v n="$score_teachers" '!match($0, /\/teacher_[0-9]+$/) || substr($0, RSTART + 9) + 0 < n')
   [ -n "$results" ] || { $debug && results=${expdir}/RESULTS.md || results=RESULTS.md; }
   cmd=(${python} -m espnet_pate.bin.decode_and_score --decode-config "$decode_config" --data-dir "$datadir"
-       --sets dev test --exp-root "$expdir" --results "$results" --nj "$nj")
+       --sets dev test --exp-root "$expdir" --results "$results" --nj "$nj" --ledger "$ledger")
   # The default corpus lists the words public_labeled never holds: their recall shows what sensitive data taught.
   [ -f "${datadir}/withheld_words.txt" ] && cmd+=(--keywords "${datadir}/withheld_words.txt")
   cmd+=($systems)

@@ -31,10 +31,17 @@ def test_summary_table_rows_and_relative_change():
                      "pseudo_label_wer": 12.5, "labelled_fraction": 0.8}},
         {"system": "nonprivate", "scores": {"test": {"wer": 10.0}}, "privacy": {"epsilon": math.inf}},
     ]
+    rows[1]["privacy"]["accountant"] = "RDP on order grid ref2018-297, improved conversion"
+    rows.append({"system": "teachers_head_k40/teacher_0", "scores": {"test": {"wer": 20.0}},
+                 "privacy": {"mechanism": "teacher"}})
     relative_to_dpsgd(rows)
-    table = summary_md(rows, "cmd")
-    assert "| student_gnmax_eps8 | 7.5 | 1e-05 | speaker | 30.00 | 12.50 | 80% | -25.0% |" in table
-    assert "| nonprivate | inf | - | - | 10.00 | - | - | - |" in table
+    table = summary_md(rows, "cmd", {"ledger": "exp/privacy_ledger.jsonl", "releases": 2, "eps": 11.5,
+                                     "delta": 1e-5})
+    assert "| student_gnmax_eps8 | gnmax | 7.5 | 1e-05 | speaker | RDP | 30.00 | 12.50 | 80% | -25.0% |" in table
+    assert "| nonprivate | - | inf | - | - | - | 10.00 | - | - | - |" in table
+    assert "epsilon 11.5 at delta 1e-05" in table
+    released, diagnostics = table.split("## Operator diagnostics")
+    assert "teacher_0" not in released and "| teachers_head_k40/teacher_0 | 20.00 |" in diagnostics
 
 
 def test_keyword_recall_counts_each_occurrence_once():
@@ -52,4 +59,4 @@ def test_summary_table_shows_withheld_word_recall_where_scored():
             {"system": "old", "scores": {"test": {"wer": 30.0}}, "privacy": {}}]
     table = summary_md(rows, "cmd")
     assert "withheld words test %" in table
-    assert "| teacher | - | - | - | 20.00 | 25.0 |" in table and "| old | - | - | - | 30.00 | - |" in table
+    assert "| teacher | 20.00 | 25.0 |" in table and "| old | 30.00 | - |" in table  # no claim: diagnostics

@@ -71,6 +71,9 @@ def main(argv=None):
     p.add_argument("--keywords", default=None,
                    help="a file of words (one per line) whose recall is reported beside the WER, e.g. the "
                         "default corpus's withheld_words.txt: words only the sensitive data holds")
+    p.add_argument("--ledger", default=None,
+                   help="the privacy ledger of the sensitive set: the table states what the released set costs "
+                        "together")
     a = p.parse_args(argv)
     _log_setup()
     command = " ".join(shlex.quote(x) for x in ["python", "-m", "espnet_pate.bin.decode_and_score",
@@ -91,7 +94,12 @@ def main(argv=None):
         (system_dir / "RESULTS.md").write_text(system_results_md(name, scores, command, str(decode_config)))
         rows.append({"system": name, "scores": scores, "privacy": read_privacy_info(system_dir)})
     relative_to_dpsgd(rows)
-    table = summary_md(rows, command)
+    total = None
+    if a.ledger and Path(a.ledger).exists():
+        from espnet_pate.privacy.ledger import PrivacyLedger
+
+        total = dict(PrivacyLedger(a.ledger, create=False).summary(), ledger=a.ledger)
+    table = summary_md(rows, command, total)
     Path(a.results).write_text(table)
     print(table)
 

@@ -36,30 +36,64 @@ def system_results_md(system: str, scores: Mapping[str, Mapping], command: str, 
     return "\n".join(lines)
 
 
-def summary_md(rows: List[Dict], command: str) -> str:
-    """The recipe's table: one row per system and budget."""
+def _accountant(privacy: Dict) -> str:
+    """A short name of the accountant for the table (privacy.json holds the full description)."""
+    text = str(privacy.get("accountant", "-"))
+    for name in ("RDP", "PLD"):
+        if text.upper().startswith(name) or (name in text.upper() and "RDP" not in text.upper()):
+            return name
+    return text.split(";")[0][:24]
+
+
+def _released(row: Dict) -> bool:
+    """A system with a privacy claim; teachers and systems without privacy.json are operator diagnostics."""
+    p = row["privacy"]
+    return p.get("epsilon") is not None and p.get("mechanism") != "teacher"
+
+
+def _table(rows: List[Dict], head: List[str], cells_of) -> List[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(cells_of(r)) + " |" for r in rows]
+
+
+def summary_md(rows: List[Dict], command: str, ledger_total: Optional[Dict] = None) -> str:
+    """The recipe's table: one row per released system and budget, its released claim; then the operator
+    diagnostics (teachers: statistics of sensitive data, covered by no privacy claim) in a table of their own."""
     sets = sorted({s for r in rows for s in r["scores"]}, key=lambda s: (s != "dev", s))
     keyword_sets = [s for s in sets if any("keywords" in r["scores"].get(s, {}) for r in rows)]
-    head = ["system", "epsilon", "delta", "unit", *[f"WER {s} %" for s in sets],
-            *[f"withheld words {s} %" for s in keyword_sets], "pseudo-label WER %", "labelled", "vs DP-SGD (test)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
+
+    def scores(r):
+        return ([f"{r['scores'][s]['wer']:.2f}" if s in r["scores"] else "-" for s in sets]
+                + [f"{r['scores'][s]['keywords']['recall']:.1f}" if "keywords" in r["scores"].get(s, {}) else "-"
+                   for s in keyword_sets])
+
+    def released(r):
         p = r["privacy"]
-        cells = [r["system"], _fmt_eps(p.get("epsilon")), _fmt_eps(p.get("delta")), p.get("unit", "-")]
-        cells += [f"{r['scores'][s]['wer']:.2f}" if s in r["scores"] else "-" for s in sets]
-        cells += [f"{r['scores'][s]['keywords']['recall']:.1f}" if "keywords" in r["scores"].get(s, {}) else "-"
-                  for s in keyword_sets]
-        plw = p.get("pseudo_label_wer")
-        cells.append("-" if plw is None else f"{plw:.2f}")
-        frac = p.get("labelled_fraction")
-        cells.append("-" if frac is None else f"{100 * frac:.0f}%")
-        cells.append(r.get("vs_dpsgd", "-"))
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = []
+        plw, frac = p.get("pseudo_label_wer"), p.get("labelled_fraction")
+        return [r["system"], str(p.get("mechanism", "-")), _fmt_eps(p.get("epsilon")), _fmt_eps(p.get("delta")),
+                p.get("unit", "-"), _accountant(p), *scores(r), "-" if plw is None else f"{plw:.2f}",
+                "-" if frac is None else f"{100 * frac:.0f}%", r.get("vs_dpsgd", "-")]
+
+    score_head = [*[f"WER {s} %" for s in sets], *[f"withheld words {s} %" for s in keyword_sets]]
+    head = ["system", "mechanism", "epsilon", "delta", "unit", "accountant", *score_head, "pseudo-label WER %",
+            "labelled", "vs DP-SGD (test)"]
+    lines = ["# Results", "", "Released systems, each with its own released (epsilon, delta) claim "
+             "(data-independent upper bounds).", "",
+             *_table([r for r in rows if _released(r)], head, released)]
+    if ledger_total is not None:
+        lines += ["", f"Everything released from the sensitive data set together (`{ledger_total['ledger']}`, "
+                  f"{ledger_total['releases']} releases): epsilon {_fmt_eps(ledger_total['eps'])} at delta "
+                  f"{_fmt_eps(ledger_total['delta'])}."]
     if keyword_sets:
-        notes = ["", "withheld words: the recall of the words that public_labeled never holds (only the sensitive "
-                 "data can teach them), in the references of that set."]
-    return "\n".join(["# Results", "", *lines, *notes, "", "Command:", "", "```sh", command, "```", ""])
+        lines += ["", "withheld words: the recall of the words that public_labeled never holds (only the sensitive "
+                  "data can teach them), in the references of that set."]
+    diagnostics = [r for r in rows if not _released(r)]
+    if diagnostics:
+        lines += ["", "## Operator diagnostics (not released)", "",
+                  "Teachers and other models trained on sensitive data without a mechanism: statistics of the "
+                  "sensitive data, for the experimenter only, covered by no privacy claim.", "",
+                  *_table(diagnostics, ["system", *score_head], lambda r: [r["system"], *scores(r)])]
+    return "\n".join([*lines, "", "Command:", "", "```sh", command, "```", ""])
 
 
 def _budget(row: Dict):
