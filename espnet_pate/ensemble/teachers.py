@@ -106,7 +106,12 @@ class StackedRNNDecoder:
         return h, (h.clone() if self.rnn_type == "lstm" else None)
 
     def step(self, labels: torch.Tensor, state):
-        x = self.embed[:, labels]  # [K, B, E]
+        return self.rnn_step(self.embed[:, labels], state)  # embeddings [K, B, E]
+
+    def rnn_step(self, x: torch.Tensor, state, layer_dropout: Optional[Sequence[torch.Tensor]] = None):
+        """One step from embedded inputs ``x`` [K, B, E] (training feeds each teacher its own labels);
+        ``layer_dropout``: per layer, a mask multiplied into the layer's output (not its state), as ESPnet's
+        ``dropout_rnn``."""
         h_prev, c_prev = state
         hs, cs = [], []
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
@@ -123,7 +128,7 @@ class StackedRNNDecoder:
                 r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
                 h = (1 - z) * torch.tanh(in_ + r * hn) + z * h_prev[i]
             hs.append(h)
-            x = h
+            x = h if layer_dropout is None else h * layer_dropout[i]
         return x, (torch.stack(hs), torch.stack(cs) if cs else None)
 
     def sequence(self, labels: torch.Tensor) -> torch.Tensor:
