@@ -46,12 +46,26 @@ class HeadBatch:
     own_u1: List[int]
 
 
-def make_batch(batches: Sequence[Sequence[CachedUtt]]) -> HeadBatch:
+def bucket_shape(utts: Sequence[CachedUtt], batch_size: int, bucket_frames: int, bucket_tokens: int) -> tuple:
+    """(B, T, U+1) a batch is padded to: the batch size of the config and its own longest utterance and
+    transcript rounded up to public multiples. A teacher's padded geometry is a function of its own batch
+    alone, so other teachers' data cannot change the order of its gradient sums (bitwise independence);
+    teachers whose batches share a shape are computed together."""
+    t = max(u.enc.shape[0] for u in utts)
+    u1 = max(u.labels.numel() for u in utts) + 1
+    return (max(batch_size, len(utts)), -(-t // bucket_frames) * bucket_frames, -(-u1 // bucket_tokens) * bucket_tokens)
+
+
+def make_batch(batches: Sequence[Sequence[CachedUtt]], shape: Optional[tuple] = None) -> HeadBatch:
     """One padded batch per teacher, as ESPnet's ``get_transducer_task_io`` builds it (blank-prefixed decoder
-    input, blank padding)."""
+    input, blank padding), padded to ``shape`` (B, T, U+1) or to the largest."""
     g, b = len(batches), max(len(x) for x in batches)
     t = max(u.enc.shape[0] for x in batches for u in x)
     u_max = max(u.labels.numel() for x in batches for u in x)
+    if shape is not None:
+        if shape[0] < b or shape[1] < t or shape[2] < u_max + 1:
+            raise ValueError(f"batch of ({b}, {t}, {u_max + 1}) does not fit the shape {shape}")
+        b, t, u_max = shape[0], shape[1], shape[2] - 1
     dim = batches[0][0].enc.shape[1]
     enc = torch.zeros(g, b, t, dim)
     dec_in = torch.full((g, b, u_max + 1), BLANK, dtype=torch.long)
@@ -217,4 +231,4 @@ def lr_schedule_ok(name: Optional[str]) -> None:
 
 
 __all__ = ["HeadBatch", "make_batch", "StackedHeads", "StackedAdam", "clip_per_teacher", "warmup_lr",
-           "sorted_batches", "is_head_key", "HEAD_PREFIXES", "lr_schedule_ok"]
+           "sorted_batches", "bucket_shape", "is_head_key", "HEAD_PREFIXES", "lr_schedule_ok"]

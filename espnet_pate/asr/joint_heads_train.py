@@ -5,7 +5,7 @@ frozen public encoder (espnet_pate.asr.encoder_cache), trains all heads together
 and writes ``out_dir/teacher_<k>`` as ESPnet experiment directories (espnet_pate.asr.head_experiments).
 
 Each teacher follows what ESPnet's trainer would do on its shard alone: its own batch order per epoch
-(``sorted`` batches shuffled by a generator seeded from (seed, k, epoch)), Adam and WarmupLR with its own step
+(``sorted`` batches shuffled by a generator seeded from (seed, epoch), as ESPnet's), Adam and WarmupLR with its own step
 count, gradient clipping by its own norm (an update with a non-finite norm is skipped), validation loss per
 epoch, early stopping by its own patience, the average of its n best epochs. Only the transducer loss is
 computed: an auxiliary CTC loss reads the frozen encoder alone, so it is constant for a head and changes no
@@ -28,8 +28,8 @@ import yaml
 
 from espnet_pate.asr.encoder_cache import encode_kaldi_dir, token_ids_fn
 from espnet_pate.asr.head_experiments import teacher_config, write_teacher_dir
-from espnet_pate.asr.joint_heads import (StackedAdam, StackedHeads, clip_per_teacher, make_batch, sorted_batches,
-                                         warmup_lr)
+from espnet_pate.asr.joint_heads import (StackedAdam, StackedHeads, bucket_shape, clip_per_teacher, make_batch,
+                                         sorted_batches, warmup_lr)
 from espnet_pate.ensemble.teachers import CONFIG_FILE, MODEL_FILE, load_model
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ CHECKPOINT = "joint_heads.ckpt"
 DEFAULTS = {"batch_type": "sorted", "batch_size": 16, "max_epoch": 10, "patience": None, "optim": "adam",
             "optim_conf": {"lr": 1e-3}, "scheduler": None, "scheduler_conf": {}, "grad_clip": 5.0,
             "keep_nbest_models": 3, "best_model_criterion": [["valid", "loss", "min"]], "seed": 0,
-            "teacher_chunk": 8}
+            "teacher_chunk": 8, "bucket_frames": 8, "bucket_tokens": 4}
 
 
 def load_train_config(path: os.PathLike | str) -> Dict:
@@ -121,6 +121,7 @@ def train_teacher_heads(public_dir: os.PathLike | str, shard_dirs: Sequence[os.P
         raise ValueError(f"optim_conf {config['optim_conf']}: only lr, betas, eps are supported")
     warmup = (config.get("scheduler_conf") or {}).get("warmup_steps") if config.get("scheduler") else None
     seed, bs, chunk = int(config["seed"]), int(config["batch_size"]), int(config["teacher_chunk"])
+    bucket_t, bucket_u = int(config["bucket_frames"]), int(config["bucket_tokens"])
     max_epoch, nbest, patience = int(config["max_epoch"]), int(config["keep_nbest_models"]), config.get("patience")
     gens = [_generator(seed, k) for k in range(num)]
     valid_hist: List[List[float]] = [[] for _ in range(num)]
@@ -146,19 +147,26 @@ def train_teacher_heads(public_dir: os.PathLike | str, shard_dirs: Sequence[os.P
     batches = [sorted_batches(s, bs) for s in shards]
     for epoch in range(first_epoch, max_epoch + 1):
         t_epoch = time.time()
-        order = [[batches[k][i] for i in np.random.default_rng([seed, k, epoch]).permutation(len(batches[k]))]
-                 for k in range(num)]
+        # One public shuffle of batch ranks (ESPnet's separate teachers share the seed, hence the shuffle, too):
+        # at a step, teachers read batches of similar rank in length, so their padded shapes mostly coincide.
+        keys = np.random.default_rng([seed, epoch]).random(max(len(b) for b in batches))
+        order = [[batches[k][i] for i in np.argsort(keys[: len(batches[k])], kind="stable")] for k in range(num)]
         running = [k for k in range(num) if not stopped[k]]
         train_sum = torch.zeros(num, dtype=torch.float64)
         for step in range(max((len(order[k]) for k in running), default=0)):
             active = [k for k in running if step < len(order[k])]
             for p in heads.params.values():
                 p.grad = None
-            for group in _chunks(active, chunk):
-                batch = make_batch([[shards[k][i] for i in order[k][step]] for k in group])
-                losses = heads.losses(batch, torch.tensor(group), [gens[k] for k in group])
-                losses.sum().backward()
-                train_sum[group] += losses.detach().double()
+            by_shape: Dict[tuple, List[int]] = {}
+            for k in active:
+                utts = [shards[k][i] for i in order[k][step]]
+                by_shape.setdefault(bucket_shape(utts, bs, bucket_t, bucket_u), []).append(k)
+            for shape, ks in by_shape.items():
+                for group in _chunks(ks, chunk):
+                    batch = make_batch([[shards[k][i] for i in order[k][step]] for k in group], shape)
+                    losses = heads.losses(batch, torch.tensor(group), [gens[k] for k in group])
+                    losses.sum().backward()
+                    train_sum[group] += losses.detach().double()
             heads.zero_padding_grad()
             norms = clip_per_teacher(heads.params, float(config["grad_clip"]))
             mask = torch.zeros(num, dtype=torch.bool)
