@@ -4,7 +4,9 @@ Each head's tensors are stacked on a leading teacher axis [K, ...]. One forward 
 network of a group of teachers with one ``bmm`` per projection (``StackedRNNDecoder``/``StackedJoint`` of
 espnet_pate.ensemble.teachers, the same code lock-step decoding uses), each teacher on its own batch, and the
 RNN-T loss of all of them in ONE call of the loss ESPnet's model uses (espnet_pate.asr.rnnt_loss, torchaudio) on
-the [G*B, T, U+1, V] logits with reduction "none"; each teacher's loss is then the sum over its batch divided by
+the [G*B, T, U+1, V] logits with reduction "none" (backend "torch", its pure-PyTorch forward recursion, by
+default: same values, 4x faster here than torchaudio's kernel, which computes every gradient cell in its
+forward: 1.8 s against 7.7 s for 4 teachers x 50 debug-corpus utterances, forward and backward); each teacher's loss is then the sum over its batch divided by
 its batch size, which is warp-transducer's "mean" as ESPnet's model reports it.
 
 Independence (the PATE argument): teacher k's loss reads only its parameters and its batch, so the gradient of
@@ -94,7 +96,7 @@ class StackedHeads:
     """
 
     def __init__(self, state_dict: Dict[str, torch.Tensor], num_teachers: int, decoder, joint_network,
-                 dropout_rate: float = 0.0, embed_dropout_rate: float = 0.0):
+                 dropout_rate: float = 0.0, embed_dropout_rate: float = 0.0, loss_backend: str = "torch"):
         if type(decoder).__name__ != "RNNDecoder":
             raise NotImplementedError(f"joint head training supports ESPnet's RNNDecoder, not {type(decoder).__name__}")
         if any(True for _ in joint_network.joint_activation.parameters()):
@@ -105,7 +107,7 @@ class StackedHeads:
         self.num_layers, self.rnn_type, self.hidden = decoder.dlayers, decoder.dtype, decoder.output_size
         self.activation = joint_network.joint_activation
         self.dropout_rate, self.embed_dropout_rate = float(dropout_rate), float(embed_dropout_rate)
-        self.criterion = RNNTLoss(blank_id=BLANK, reduction="none")
+        self.criterion = RNNTLoss(blank_id=BLANK, reduction="none", backend=loss_backend)
 
     def _weights(self, prefix: str, teachers: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {k[len(prefix):]: (v if teachers is None else v.index_select(0, teachers))

@@ -38,7 +38,8 @@ CHECKPOINT = "joint_heads.ckpt"
 DEFAULTS = {"batch_type": "sorted", "batch_size": 16, "max_epoch": 10, "patience": None, "optim": "adam",
             "optim_conf": {"lr": 1e-3}, "scheduler": None, "scheduler_conf": {}, "grad_clip": 5.0,
             "keep_nbest_models": 3, "best_model_criterion": [["valid", "loss", "min"]], "seed": 0,
-            "teacher_chunk": 8, "bucket_frames": 8, "bucket_tokens": 4}
+            "teacher_chunk": 8, "bucket_frames": 8, "bucket_tokens": 4,
+            "loss_backend": "torch"}
 
 
 def load_train_config(path: os.PathLike | str) -> Dict:
@@ -113,7 +114,8 @@ def train_teacher_heads(public_dir: os.PathLike | str, shard_dirs: Sequence[os.P
 
     dec_conf = {**(vars(args).get("decoder_conf") or {}), **(config.get("decoder_conf") or {})}
     heads = StackedHeads(public_state, num, model.decoder, model.joint_network,
-                         dec_conf.get("dropout_rate", 0.0), dec_conf.get("embed_dropout_rate", 0.0))
+                         dec_conf.get("dropout_rate", 0.0), dec_conf.get("embed_dropout_rate", 0.0),
+                         loss_backend=config["loss_backend"])
     optim_conf = dict(config["optim_conf"])
     base_lr = float(optim_conf.pop("lr", 1e-3))
     opt = StackedAdam(heads.params, num, betas=optim_conf.pop("betas", (0.9, 0.999)), eps=optim_conf.pop("eps", 1e-8))
