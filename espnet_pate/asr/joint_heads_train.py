@@ -98,7 +98,7 @@ def train_teacher_heads(public_dir: os.PathLike | str, shard_dirs: Sequence[os.P
     """Trains one head per shard; returns the teacher directories (see the module docstring)."""
     out_dir = Path(out_dir)
     dirs = [out_dir / f"teacher_{k}" for k in range(len(shard_dirs))]
-    if (out_dir / ".done").is_file():
+    if (out_dir / ".done").is_file() or all((d / ".done").is_file() for d in dirs):
         progress(f"skip {out_dir} (done)")
         return dirs
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +202,9 @@ def train_teacher_heads(public_dir: os.PathLike | str, shard_dirs: Sequence[os.P
     public_config = yaml.safe_load((Path(public_dir) / CONFIG_FILE).read_text())
     init = str(Path(public_dir) / model_file)
     for k, d in enumerate(dirs):
+        if (d / ".done").is_file():  # finished before this run (e.g. by --teacher_training espnet): kept
+            progress(f"kept {d} (done before this run)")
+            continue
         cfg = teacher_config(public_config, config, shard_dirs[k], valid_dir, d, init)
         write_teacher_dir(d, cfg, public_state, [s for _, _, s in best[k]], valid_hist[k])
     (out_dir / ".done").touch()
