@@ -139,9 +139,10 @@ class StackedHeads:
                                           generators) for _ in range(self.num_layers)]
         state = dec.init_state(b)
         outs = []
+        steps = x.unbind(2)  # one unbind: indexing step by step would cost a full-size gradient per step
+        masks = None if layer_masks is None else [m.unbind(2) for m in layer_masks]
         for u in range(u1):
-            drop = None if layer_masks is None else [m[:, :, u] for m in layer_masks]
-            out, state = dec.rnn_step(x[:, :, u], state, drop)
+            out, state = dec.rnn_step(steps[u], state, None if masks is None else [m[u] for m in masks])
             outs.append(out)
         dec_out = torch.stack(outs, dim=2)  # [G, B, U+1, H]
         logits = joint.logits(joint.project_encoder(batch.enc).unsqueeze(3), joint.project_decoder(dec_out).unsqueeze(2))

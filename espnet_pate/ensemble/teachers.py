@@ -155,9 +155,8 @@ class StackedJoint:
     def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
         # x [K, ..., D_in] -> [K, ..., D_out], one bmm for all teachers
         k, shape = x.shape[0], x.shape[1:-1]
-        y = torch.bmm(x.reshape(k, -1, x.shape[-1]), w)
-        if b is not None:
-            y = y + b.unsqueeze(1)
+        x = x.reshape(k, -1, x.shape[-1])
+        y = torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
         return y.reshape(k, *shape, w.shape[-1])
 
     def project_encoder(self, enc: torch.Tensor) -> torch.Tensor:
