@@ -21,6 +21,7 @@
 #   --ngpu N                   GPUs per training job (default 0)
 #   --num_teachers K           teachers (default 40; debug 4)
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)
+#   --teacher_training T       joint: all heads in one process (head only) | espnet: one training each (default joint)
 #   --teacher_valid_utts N     teachers validate on N utterances of dev (default 50): K validations per epoch
 #   --partition_unit U         speaker | utterance (default speaker)
 #   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "4 8", the budgets of
@@ -43,6 +44,7 @@ nj=2
 ngpu=0
 num_teachers=""
 teacher_trainable=head
+teacher_training=joint
 teacher_valid_utts=50
 partition_unit=speaker
 dpsgd_eps=""
@@ -148,11 +150,22 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   run_step "${teacher_valid}/.done" ${python} -m espnet_pate.bin.subset_data_dir "${datadir}/dev" "$teacher_valid_utts" "$teacher_valid"
   run_step "${shape_dir}/${teacher_valid##*/}/.done" ${python} -m espnet_pate.bin.make_shape_file "$teacher_valid" \
     "${shape_dir}/${teacher_valid##*/}/speech_shape"
-  # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
-  log "teachers: ${teachers_dir}/teacher_{0..$((num_teachers - 1))} (logs: ${teachers_dir}/log/)"
-  ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${teachers_dir}/log/teacher.JOB.log" \
-    local/train_asr.sh --outdir "${teachers_dir}/teacher_JOB" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
-      --train "${shards_dir}/shard_JOB" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+  [[ $teacher_training =~ ^(joint|espnet)$ ]] || { log "error: --teacher_training joint|espnet, not '${teacher_training}'"; exit 1; }
+  if [ "$teacher_training" = joint ] && [ "$teacher_trainable" = head ]; then
+    # Every head in one process over the public encoder's cached outputs; resumes by epoch, skips when done.
+    log "teachers (${num_teachers} heads together): ${teachers_dir}/teacher_{0..$((num_teachers - 1))}" \
+      "(progress: tail -f ${teachers_dir}/log/train_teacher_heads.log)"
+    ${train_cmd} "${teachers_dir}/log/train_teacher_heads.log" ${python} -m espnet_pate.bin.train_teacher_heads \
+      --public "${expdir}/public_only" --shards "$shards_dir" --num-teachers "$num_teachers" --valid "$teacher_valid" \
+      --out "$teachers_dir" --config "${conf_dir}/train_teacher_heads${sfx}.yaml"
+  else
+    [ "$teacher_training" = espnet ] || log "--teacher_training joint trains heads only: ${teacher_trainable} teachers train with espnet"
+    # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
+    log "teachers: ${teachers_dir}/teacher_{0..$((num_teachers - 1))} (logs: ${teachers_dir}/log/)"
+    ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${teachers_dir}/log/teacher.JOB.log" \
+      local/train_asr.sh --outdir "${teachers_dir}/teacher_JOB" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
+        --train "${shards_dir}/shard_JOB" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+  fi
   for ((k = 0; k < num_teachers; k++)); do
     ${python} -m espnet_pate.bin.privacy_info "${teachers_dir}/teacher_${k}" --mechanism teacher \
       --note "trained without DP on one shard of sensitive: never released"

@@ -74,13 +74,14 @@ def rnnt_loss_logspace(
     if targets.dim() != 2 or targets.size(0) != B or targets.size(1) < U:
         raise ValueError(f"targets must be (B, >= {U}), got {tuple(targets.shape)}")
 
+    # Only the blank and the next label of each cell are read: one gather of both (separate select/slice reads
+    # would each cost a full-size zero gradient in the backward pass).
     logp = torch.log_softmax(logits, dim=-1) if fused_log_softmax else logits
-    blank_lp = logp[..., blank]  # (B, T, U+1)
-    if U > 0:
-        idx = targets[:, :U].long().clamp(0, V - 1)
-        emit_lp = torch.gather(logp[:, :, :U, :], 3, idx[:, None, :, None].expand(B, T, U, 1)).squeeze(3)
-    else:
-        emit_lp = logp.new_zeros(B, T, 0)
+    tgt = torch.cat([targets[:, :U].long().clamp(0, V - 1), targets.new_full((B, 1), blank).long()], dim=1)
+    index = torch.stack([torch.full_like(tgt, blank), tgt], dim=-1)  # (B, U+1, 2): blank, next label
+    picked = torch.gather(logp, 3, index[:, None].expand(B, T, U1, 2))
+    blank_lp = picked[..., 0]  # (B, T, U+1)
+    emit_lp = picked[:, :, :U, 1]  # (B, T, U)
     if lattice_dtype is not None:
         blank_lp = blank_lp.to(lattice_dtype)
         emit_lp = emit_lp.to(lattice_dtype)

@@ -105,6 +105,12 @@ class StackedRNNDecoder:
             x = self.embed[torch.arange(self.num_teachers, device=labels.device)[:, None], labels]  # [K, B, E]
         else:
             x = self.embed[:, labels]  # [K, B, E]
+        return self.rnn_step(x, state)
+
+    def rnn_step(self, x: torch.Tensor, state, layer_dropout: Optional[Sequence[torch.Tensor]] = None):
+        """One step from embedded inputs ``x`` [K, B, E] (training feeds each teacher its own labels);
+        ``layer_dropout``: per layer, a mask multiplied into the layer's output (not its state), as ESPnet's
+        ``dropout_rnn``."""
         h_prev, c_prev = state
         hs, cs = [], []
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
@@ -121,7 +127,7 @@ class StackedRNNDecoder:
                 r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
                 h = (1 - z) * torch.tanh(in_ + r * hn) + z * h_prev[i]
             hs.append(h)
-            x = h
+            x = h if layer_dropout is None else h * layer_dropout[i]
         return x, (torch.stack(hs), torch.stack(cs) if cs else None)
 
     def sequence(self, labels: torch.Tensor) -> torch.Tensor:
@@ -148,9 +154,8 @@ class StackedJoint:
     def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
         # x [K, ..., D_in] -> [K, ..., D_out], one bmm for all teachers
         k, shape = x.shape[0], x.shape[1:-1]
-        y = torch.bmm(x.reshape(k, -1, x.shape[-1]), w)
-        if b is not None:
-            y = y + b.unsqueeze(1)
+        x = x.reshape(k, -1, x.shape[-1])
+        y = torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
         return y.reshape(k, *shape, w.shape[-1])
 
     def project_encoder(self, enc: torch.Tensor) -> torch.Tensor:
