@@ -23,6 +23,9 @@
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)
 #   --teacher_training T       joint: all heads in one process (head only) | espnet: one training each (default joint)
 #   --teacher_valid_utts N     teachers validate on N utterances of dev (default 50): K validations per epoch
+#   --shadow_teachers true|false  also train K shadow teachers on speaker shards of public_labeled, the same way
+#                              (default true): their agreement, surveyed on --survey_utts public utterances
+#                              (default 100), plans stage 4's `queries: auto` from public information only
 #   --partition_unit U         speaker | utterance (default speaker)
 #   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "4 8", the budgets of
 #                              conf/pate.yaml, so that both methods compare at equal epsilon; debug "8")
@@ -46,6 +49,8 @@ num_teachers=""
 teacher_trainable=head
 teacher_training=joint
 teacher_valid_utts=50
+shadow_teachers=true
+survey_utts=100
 partition_unit=speaker
 dpsgd_eps=""
 nbpe=100
@@ -139,6 +144,27 @@ fi
 
 shards_dir=${datadir}/sensitive_${partition_unit}_k${num_teachers}
 teachers_dir=${expdir}/teachers_${teacher_trainable}_k${num_teachers}
+shadow_shards_dir=${datadir}/public_labeled_${partition_unit}_k${num_teachers}
+shadow_dir=${expdir}/shadow_teachers_${teacher_trainable}_k${num_teachers}
+# train_teachers SHARDS OUTDIR: one teacher per shard (OUTDIR/teacher_<k>), from the public model.
+train_teachers() {
+  local shards=$1 out=$2
+  if [ "$teacher_training" = joint ] && [ "$teacher_trainable" = head ]; then
+    # Every head in one process over the public encoder's cached outputs; resumes by epoch, skips when done.
+    log "teachers (${num_teachers} heads together): ${out}/teacher_{0..$((num_teachers - 1))}" \
+      "(progress: tail -f ${out}/log/train_teacher_heads.log)"
+    ${train_cmd} "${out}/log/train_teacher_heads.log" ${python} -m espnet_pate.bin.train_teacher_heads \
+      --public "${expdir}/public_only" --shards "$shards" --num-teachers "$num_teachers" --valid "$teacher_valid" \
+      --out "$out" --config "${conf_dir}/train_teacher_heads${sfx}.yaml"
+  else
+    [ "$teacher_training" = espnet ] || log "--teacher_training joint trains heads only: ${teacher_trainable} teachers train with espnet"
+    # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
+    log "teachers: ${out}/teacher_{0..$((num_teachers - 1))} (logs: ${out}/log/)"
+    ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${out}/log/teacher.JOB.log" \
+      local/train_asr.sh --outdir "${out}/teacher_JOB" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
+        --train "${shards}/shard_JOB" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+  fi
+}
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: public pretraining, partition, ${num_teachers} teachers (trainable: ${teacher_trainable})"
   train_asr "${expdir}/public_only" "${conf_dir}/train_pretrain${sfx}.yaml" "${datadir}/public_labeled"
@@ -151,25 +177,19 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   run_step "${shape_dir}/${teacher_valid##*/}/.done" ${python} -m espnet_pate.bin.make_shape_file "$teacher_valid" \
     "${shape_dir}/${teacher_valid##*/}/speech_shape"
   [[ $teacher_training =~ ^(joint|espnet)$ ]] || { log "error: --teacher_training joint|espnet, not '${teacher_training}'"; exit 1; }
-  if [ "$teacher_training" = joint ] && [ "$teacher_trainable" = head ]; then
-    # Every head in one process over the public encoder's cached outputs; resumes by epoch, skips when done.
-    log "teachers (${num_teachers} heads together): ${teachers_dir}/teacher_{0..$((num_teachers - 1))}" \
-      "(progress: tail -f ${teachers_dir}/log/train_teacher_heads.log)"
-    ${train_cmd} "${teachers_dir}/log/train_teacher_heads.log" ${python} -m espnet_pate.bin.train_teacher_heads \
-      --public "${expdir}/public_only" --shards "$shards_dir" --num-teachers "$num_teachers" --valid "$teacher_valid" \
-      --out "$teachers_dir" --config "${conf_dir}/train_teacher_heads${sfx}.yaml"
-  else
-    [ "$teacher_training" = espnet ] || log "--teacher_training joint trains heads only: ${teacher_trainable} teachers train with espnet"
-    # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
-    log "teachers: ${teachers_dir}/teacher_{0..$((num_teachers - 1))} (logs: ${teachers_dir}/log/)"
-    ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${teachers_dir}/log/teacher.JOB.log" \
-      local/train_asr.sh --outdir "${teachers_dir}/teacher_JOB" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
-        --train "${shards_dir}/shard_JOB" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
-  fi
+  train_teachers "$shards_dir" "$teachers_dir"
   for ((k = 0; k < num_teachers; k++)); do
     ${python} -m espnet_pate.bin.privacy_info "${teachers_dir}/teacher_${k}" --mechanism teacher \
       --note "trained without DP on one shard of sensitive: never released"
   done
+  if $shadow_teachers; then
+    # Shadow teachers: the same training on speaker shards of public_labeled (balanced: their partition is public).
+    # Their agreement stands in for the real teachers' when stage 4 plans its queries (PRIVACY.md: settings are
+    # public); the real teachers' agreement never sizes anything.
+    ${python} -m espnet_pate.bin.partition_data_dir "${datadir}/public_labeled" "$shadow_shards_dir" \
+      --num-shards "$num_teachers" --unit "$partition_unit" --assignment greedy
+    train_teachers "$shadow_shards_dir" "$shadow_dir"
+  fi
 fi
 
 pate_dir=${expdir}/pate_${teacher_trainable}_k${num_teachers}
@@ -179,6 +199,13 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   cmd=(${python} -m espnet_pate.bin.pate_label --config "${conf_dir}/pate${sfx}.yaml" --teachers "$teachers_dir"
        --data "${datadir}/public_unlabeled" --out "$pate_dir" --public-model "${expdir}/public_only"
        --partition-manifest "${shards_dir}/manifest.json" --ledger "$ledger" --ledger-config "$privacy_config")
+  if $shadow_teachers; then
+    # The shadow teachers' noise-free agreement on public utterances: public, it plans `queries: auto`.
+    run_step "${pate_dir}/.shadow_survey.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
+      --shadow --teachers "$shadow_dir" --data "${datadir}/public_unlabeled" --out "$pate_dir" \
+      --public-model "${expdir}/public_only" --unit "$partition_unit"
+    cmd+=(--plan-survey "${pate_dir}/agreement_survey.json")
+  fi
   log "run: ${cmd[*]}"
   "${cmd[@]}"
 fi
@@ -253,6 +280,7 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   # Every trained system; of each teacher set only teacher_0 .. teacher_{N-1} (--score_teachers): K teachers
   # would cost K decodings for a WER range that a few of them show.
   systems=$(find "$expdir" -mindepth 1 -maxdepth 3 -name valid.loss.ave.pth -printf '%h\n' | sort -V |
+            grep -v '/shadow_teachers_' |
             awk -v n="$score_teachers" '!match($0, /\/teacher_[0-9]+$/) || substr($0, RSTART + 9) + 0 < n')
   [ -n "$results" ] || { $debug && results=${expdir}/RESULTS.md || results=RESULTS.md; }
   cmd=(${python} -m espnet_pate.bin.decode_and_score --decode-config "$decode_config" --data-dir "$datadir"

@@ -279,11 +279,11 @@ def test_configuration_errors_and_calibration():
     assert s.noise["sigma"] == pytest.approx(calibrate_gnmax_sigma(8, 1e-5, 50))
     s = resolve_entry("x", {"mechanism": "plurality", "target_eps": 8, "queries": 40}, {}, 40)
     assert plurality_cost(s.noise["sigma"], s.noise["threshold"], 40, 1e-5).eps <= 8
-    for name in ("pate.yaml", "pate_debug.yaml"):
+    for name, k in (("pate.yaml", 40), ("pate_debug.yaml", 4)):
         path = Path(__file__).resolve().parents[1] / "conf" / name
         c = pate_labeling.load_config(path)
         for run, entry in c["runs"].items():
-            resolve_entry(run, entry, c.get("defaults") or {}, 40 if name == "pate.yaml" else 4)
+            resolve_entry(run, entry, c.get("defaults") or {}, k, dict(shadow, num_teachers=k), max_queries=100)
 
 
 def test_agreement_survey_releases_nothing_and_keeps_real_teachers_apart(toy, tmp_path):
