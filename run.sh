@@ -33,7 +33,8 @@
 #   --score_teachers N         stage 7 decodes the first N teachers of each teacher set (default 5)
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
 #   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
-#   --datadir --dumpdir --expdir   output folders (default data dump exp)
+#   --datadir --dumpdir --expdir   output folders (default data dump exp; with --debug true data_debug dump_debug
+#                              exp_debug, so a debug run never shares outputs with the default one)
 #   --conf_dir DIR --data_script SCRIPT   a corpus's configs and stage-1 script (egs2/<corpus>/pate1/run.sh)
 set -euo pipefail
 # The whole script is one block, read before it runs: editing run.sh during a run cannot change that run.
@@ -59,9 +60,9 @@ student_text=""
 results=""
 conf_dir=conf
 data_script=local/data.sh
-datadir=data
-dumpdir=dump
-expdir=exp
+datadir=""
+dumpdir=""
+expdir=""
 help_message=$(sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//')
 
 . ./utils/parse_options.sh
@@ -69,9 +70,17 @@ help_message=$(sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//')
 . ./cmd.sh
 
 sfx=""; $debug && sfx=_debug
+datadir=${datadir:-data${sfx}}; dumpdir=${dumpdir:-dump${sfx}}; expdir=${expdir:-exp${sfx}}
 [ -n "$num_teachers" ] || { $debug && num_teachers=4 || num_teachers=40; }
 python=python
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
+last_stage=9
+if ! [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || ((stage < 1 || stop_stage > last_stage || stage > stop_stage)); then
+  echo "run.sh: invalid stage range --stage ${stage} --stop-stage ${stop_stage}: stages are 1-${last_stage}, start <= stop" >&2
+  exit 2
+fi
+# need PATH STAGE: stop with a clear message when an input that stage STAGE makes is missing.
+need() { [ -e "$1" ] || { log "error: $1 is missing: run stage $2 first (./run.sh --stage $2 --stop-stage $2)"; exit 1; }; }
 # Runs "$@" unless marker $1 exists; prints the command first so it can be copied and rerun by hand.
 run_step() {
   local done_marker=$1; shift
@@ -118,6 +127,7 @@ fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "Stage 2: validation; tokenizer and feature statistics from public_labeled only"
+  for s in $all_sets; do need "${datadir}/${s}/wav.scp" 1; done
   for s in $all_sets; do
     no_text=""; [[ $s == public_unlabeled* ]] && no_text=--no-text
     ${python} -m espnet_pate.bin.validate_data_dir "${datadir}/${s}" --sample-rate 16000 $no_text
@@ -167,6 +177,7 @@ train_teachers() {
 }
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: public pretraining, partition, ${num_teachers} teachers (trainable: ${teacher_trainable})"
+  need "${stats_dir}/.done" 2
   train_asr "${expdir}/public_only" "${conf_dir}/train_pretrain${sfx}.yaml" "${datadir}/public_labeled"
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/public_only" --epsilon 0 --delta 0 --mechanism public_only \
     --note "trained on public_labeled only"
@@ -195,6 +206,8 @@ fi
 pate_dir=${expdir}/pate_${teacher_trainable}_k${num_teachers}
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "Stage 4: noisy ensemble labelling of public_unlabeled (${conf_dir}/pate${sfx}.yaml) into ${pate_dir}"
+  need "${teachers_dir}/teacher_$((num_teachers - 1))/valid.loss.ave.pth" 3
+  ! $shadow_teachers || need "${shadow_dir}/teacher_$((num_teachers - 1))/valid.loss.ave.pth" 3
   # Every release is recorded in ${ledger} before its text is written: a rerun spends nothing.
   cmd=(${python} -m espnet_pate.bin.pate_label --config "${conf_dir}/pate${sfx}.yaml" --teachers "$teachers_dir"
        --data "${datadir}/public_unlabeled" --out "$pate_dir" --public-model "${expdir}/public_only"
@@ -212,6 +225,7 @@ fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "Stage 5: students on the audio of public_unlabeled with ${student_text:-the pseudo-transcripts of stage 4}"
+  need "${expdir}/public_only/.done" 3
   if [ -n "$student_text" ]; then
     texts=("$student_text")
   else
@@ -258,6 +272,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="4 8"; }
   baselines=(nonprivate); dp_dirs=(); for eps in $dpsgd_eps; do baselines+=("dpsgd_eps${eps}"); dp_dirs+=("${expdir}/dpsgd_eps${eps}"); done
   log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}; ledger ${ledger}"
+  need "${expdir}/public_only/.done" 3
   ${python} -m espnet_pate.bin.privacy_ledger init --ledger "$ledger" --config "$privacy_config"
   unfinished "" "${baselines[@]}"
   if [ ${#todo[@]} -gt 0 ]; then

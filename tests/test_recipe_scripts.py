@@ -1,5 +1,7 @@
 """The recipe's shell mechanics: option parsing and the local job runner."""
 import subprocess
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +52,24 @@ def test_run_local_runs_one_job_per_listed_word(tmp_path):
 def test_run_sh_help_lists_stages():
     out = subprocess.run(["./run.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "--stage N --stop-stage N" in out.stdout and "Stages:" in out.stdout
+
+
+def test_run_sh_refuses_invalid_stage_ranges():
+    for args in (["--stage", "5", "--stop-stage", "3"], ["--stage", "x"], ["--stop-stage", "12"]):
+        out = subprocess.run(["./run.sh", *args], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2 and "invalid stage range" in out.stderr, args
+
+
+def test_run_sh_names_the_stage_to_run_when_inputs_are_missing(tmp_path):
+    out = subprocess.run(["./run.sh", "--debug", "true", "--stage", "4", "--stop-stage", "4", "--expdir",
+                          str(tmp_path / "exp"), "--datadir", str(tmp_path / "data")], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and "run stage 3 first" in out.stdout
+
+
+def test_debug_and_default_runs_never_share_outputs():
+    if (ROOT / "exp_debug" / "public_only" / ".done").exists():
+        pytest.skip("this checkout has a finished debug run: stage 6 would train instead of stopping")
+    out = subprocess.run(["./run.sh", "--debug", "true", "--stage", "6", "--stop-stage", "6"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert "exp_debug/public_only/.done is missing" in out.stdout  # not exp/: the default run's folder
