@@ -1,8 +1,8 @@
 """The recipe's shell mechanics: option parsing and the local job runner."""
 import subprocess
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
