@@ -29,7 +29,7 @@ import yaml
 TOKEN_DIR = "data/token_list"
 STATS_DIR = "exp/asr_stats/train"
 
-__all__ = ["pack_experiment", "referenced_files"]
+__all__ = ["pack_experiment", "read_experiment", "referenced_files"]
 
 
 def referenced_files(config: Dict, config_path: Path) -> List[Tuple[Tuple[str, ...], Path, str]]:
@@ -53,6 +53,19 @@ def referenced_files(config: Dict, config_path: Path) -> List[Tuple[Tuple[str, .
     return found
 
 
+def read_experiment(system_dir: os.PathLike | str, model_file: str = "valid.loss.ave.pth") -> Dict:
+    """The training config of a trained experiment (config.yaml beside ``model_file``); a clear error naming the
+    file that is missing or is not a config."""
+    config_path, model = Path(system_dir) / "config.yaml", Path(system_dir) / model_file
+    for path in (config_path, model):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (a trained ESPnet experiment has config.yaml and {model_file})")
+    config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: not an ESPnet training config (expected a mapping)")
+    return config
+
+
 def _set(config: Dict, keys: Tuple[str, ...], value: str) -> None:
     for k in keys[:-1]:
         config = config[k]
@@ -66,13 +79,8 @@ def pack_experiment(system_dir: os.PathLike | str, out_zip: os.PathLike | str, m
     system_dir, out_zip = Path(system_dir), Path(out_zip)
     if out_zip.suffix != ".zip":
         raise ValueError(f"{out_zip}: the output must be a .zip (what the ESPnet model zoo serves)")
+    config = read_experiment(system_dir, model_file)
     config_path, model = system_dir / "config.yaml", system_dir / model_file
-    for path in (config_path, model):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (a trained ESPnet experiment has config.yaml and {model_file})")
-    config = yaml.safe_load(config_path.read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: not an ESPnet training config (expected a mapping)")
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     exp = Path("exp") / system_dir.resolve().name
     with tempfile.TemporaryDirectory(dir=out_zip.parent, prefix=f".{out_zip.stem}.") as tmp:

@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from espnet_pate.asr.model_pack import pack_experiment
+from espnet_pate.asr.model_pack import pack_experiment, read_experiment
 from espnet_pate.report.privacy_card import CARD_FILE, PackRefused, card_json, card_markdown, privacy_card
 
 
@@ -33,8 +33,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
     command = shlex.join(["python", "-m", "espnet_pate.bin.pack_model", *(sys.argv[1:] if argv is None else argv)])
+    config = read_experiment(a.system_dir, a.model_file)
     try:
-        card = privacy_card(a.system_dir, a.ledger, a.model_file, a.allow_nonprivate, pack_command=command)
+        card = privacy_card(a.system_dir, config, a.ledger, a.model_file, a.allow_nonprivate, pack_command=command)
     except PackRefused as err:
         print(f"pack_model: refused: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """The privacy card of a released system: what a model-zoo pack says about the data it was trained on.
 
-``privacy_card(system_dir, ledger_path)`` builds it from the system's ``privacy.json`` (read through
+``privacy_card(system_dir, config, ledger_path)`` builds it from the system's ``privacy.json`` (read through
 ``read_privacy_info`` only) and, for a model trained on sensitive data through a mechanism, from the one ledger of
 that sensitive set: mechanism, epsilon, delta, unit, accountant, whether the figure is data-dependent, the composed
 cost of everything released from the set so far (the ledger's total), the data sets, the WER of stage 7's
@@ -21,8 +21,6 @@ import math
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
-
-import yaml
 
 from espnet_pate.privacy.ledger import LedgerMissingError, PrivacyLedger, file_sha256
 from espnet_pate.report.privacy_json import PRIVACY_FILE, PUBLIC_MECHANISMS, read_privacy_info
@@ -154,21 +152,15 @@ def training_command(system_dir: Path) -> Optional[str]:
     return None
 
 
-def privacy_card(system_dir: os.PathLike | str, ledger_path: Optional[os.PathLike | str] = None,
+def privacy_card(system_dir: os.PathLike | str, config: Dict, ledger_path: Optional[os.PathLike | str] = None,
                  model_file: str = "valid.loss.ave.pth", allow_nonprivate: bool = False,
                  pack_command: Optional[str] = None) -> Dict:
-    """The card of ``system_dir`` (PackRefused when it may not be released; see the module docstring)."""
+    """The card of ``system_dir``, trained with ``config`` (its config.yaml) into ``model_file``; PackRefused when
+    it may not be released (see the module docstring)."""
     system_dir = Path(system_dir)
     info = read_privacy_info(system_dir)
     kind = release_kind(info, system_dir, allow_nonprivate)
     model = system_dir / model_file
-    config_path = system_dir / "config.yaml"
-    for path in (model, config_path):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing (a trained ESPnet experiment has config.yaml and {model_file})")
-    config = yaml.safe_load(config_path.read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: not an ESPnet training config (expected a mapping)")
     model_sha256 = file_sha256(model)
     card = {"system": system_dir.name, "privacy_guarantee": kind != "nonprivate",
             "trained_on_sensitive_data": kind != "public", "mechanism": info["mechanism"],
