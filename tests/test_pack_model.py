@@ -58,6 +58,18 @@ def write_score(system: Path, name: str, wer: float, stale: bool = False):
         os.utime(out / "text", (old, old))
 
 
+def unpack(zip_path: Path, cache: Path) -> Path:
+    """The folder ModelDownloader unpacks a local zip into, offline."""
+    from espnet_model_zoo.downloader import ModelDownloader
+
+    files = ModelDownloader(cachedir=cache).download_and_unpack(str(zip_path))
+    return Path(files["asr_train_config"]).parents[2]
+
+
+def unpacked_card(zip_path: Path, cache: Path) -> dict:
+    return json.loads((unpack(zip_path, cache) / CARD_FILE).read_text())
+
+
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A PATE student with its inherited claim, one recorded release in the ledger, and stage 7's scores."""
@@ -153,16 +165,13 @@ def test_a_release_missing_from_the_ledger_is_refused(student, tmp_path, capsys)
 
 
 def test_nonprivate_packs_only_when_allowed_and_says_so(student, tmp_path):
-    from espnet_model_zoo.downloader import ModelDownloader
-
     system = tmp_path / "exp" / "nonprivate"
     shutil.copytree(student["system"], system)
     write_privacy_info(system, epsilon=float("inf"), mechanism="none", unit="utterance",
                        note="fine-tuned on all of sensitive without DP")
     out = tmp_path / "nonprivate.zip"
     assert pack_main([str(system), "--out", str(out), "--ledger", student["ledger"].path, "--allow-nonprivate"]) == 0
-    files = ModelDownloader(cachedir=tmp_path / "cache").download_and_unpack(str(out))
-    unpacked = Path(files["asr_train_config"]).parents[2]
+    unpacked = unpack(out, tmp_path / "cache")
     card = json.loads((unpacked / CARD_FILE).read_text())
     assert card["privacy_guarantee"] is False and card["epsilon"] == "inf" and NO_GUARANTEE in card["warning"]
     assert "released_together" not in card
@@ -188,3 +197,34 @@ def test_stage9_packs_released_systems_skips_the_rest_and_resumes(student, tmp_p
     assert sorted(p.name for p in (expdir / "packed").iterdir()) == ["student_plurality_eps4.zip"]
     assert f"not packed: {expdir}/nonprivate" in log and "teacher_0" not in log
     assert f"skip (done: {expdir}/packed/student_plurality_eps4.zip)" in stage9()
+
+
+def test_public_only_packs_without_a_ledger(student, tmp_path):
+    system = tmp_path / "exp" / "public_only"
+    shutil.copytree(student["system"], system)
+    write_privacy_info(system, epsilon=0, delta=0, unit="none", mechanism="public_only",
+                       note="trained on public_labeled only")
+    out = tmp_path / "public_only.zip"
+    assert pack_main([str(system), "--out", str(out), "--ledger", str(tmp_path / "no_ledger.jsonl")]) == 0
+    card = unpacked_card(out, tmp_path / "cache")
+    assert card["privacy_guarantee"] and not card["trained_on_sensitive_data"] and card["epsilon"] == 0
+    assert "released_together" not in card and not (tmp_path / "no_ledger.jsonl").exists()
+
+
+def test_dpsgd_model_is_found_in_the_ledger_by_its_model_digest(student, tmp_path, capsys):
+    system = tmp_path / "exp" / "dpsgd_eps8"
+    shutil.copytree(student["system"], system)
+    write_privacy_info(system, epsilon=7.9, delta=1e-5, unit="speaker", mechanism="dpsgd", data_dependent=False,
+                       accountant="rdp", target_epsilon=8.0, met_target=True)
+    ledger_path = tmp_path / "privacy_ledger.jsonl"
+    shutil.copyfile(student["ledger"].path, ledger_path)
+    out = tmp_path / "dpsgd_eps8.zip"
+    assert pack_main([str(system), "--out", str(out), "--ledger", str(ledger_path)]) == 2
+    assert "not recorded in" in capsys.readouterr().err
+    ledger = PrivacyLedger(str(ledger_path))
+    ledger.record("DP-SGD model dpsgd_eps8", "dpsgd", {"noise_multiplier": 1.0}, ledger.orders / 20.0, queries=100,
+                  data_dependent=False, outputs=f"sha256:{file_sha256(system / 'valid.loss.ave.pth')}")
+    assert pack_main([str(system), "--out", str(out), "--ledger", str(ledger_path)]) == 0
+    together = unpacked_card(out, tmp_path / "cache")["released_together"]
+    assert together["releases"] == 2 and math.isclose(together["epsilon"], ledger.total().eps)
+    assert together["epsilon"] > student["ledger"].total().eps
