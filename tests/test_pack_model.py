@@ -19,7 +19,7 @@ from espnet_pate.report.privacy_card import CARD_FILE, NO_GUARANTEE
 from espnet_pate.report.privacy_json import write_privacy_info
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDENT_CLAIM = dict(epsilon=3.2, target_epsilon=4.0, delta=1e-5, unit="speaker",
+STUDENT_CLAIM = dict(epsilon=2.99, target_epsilon=4.0, delta=1e-5, unit="speaker",
                      mechanism="PATE plurality (utterance level, 4 teachers)", accountant="RDP, improved conversion",
                      data_dependent=False, pseudo_label_wer=12.5, labelled_fraction=0.1, not_for_release=False)
 
@@ -76,7 +76,7 @@ def student(tmp_path_factory):
     root = tmp_path_factory.mktemp("pack")
     system = toy_experiment(root, "student_plurality_eps4")
     ledger = PrivacyLedger(str(root / "exp" / "privacy_ledger.jsonl"), eps_budget=8, delta=1e-5)
-    release, _ = ledger.record("pate_labels/plurality_eps4", "plurality", {"sigma": 5.0}, ledger.orders / 50.0,
+    release, _ = ledger.record("pate_labels/plurality_eps4", "plurality", {"sigma": 5.0}, ledger.orders / 4.5,
                                queries=40, data_dependent=False, outputs="labels-sha256")
     write_privacy_info(system, release_id=release.release_id, **STUDENT_CLAIM)
     write_score(system, "test", 41.5)
@@ -118,7 +118,7 @@ def test_student_pack_unpacks_offline_decodes_and_carries_its_card(student, tmp_
     card = json.loads((unpacked / CARD_FILE).read_text())
     readme = (unpacked / "README.md").read_text()
     assert card["privacy_guarantee"] and card["mechanism"] == STUDENT_CLAIM["mechanism"]
-    assert (card["epsilon"], card["delta"], card["unit"], card["data_dependent"]) == (3.2, 1e-5, "speaker", False)
+    assert (card["epsilon"], card["delta"], card["unit"], card["data_dependent"]) == (2.99, 1e-5, "speaker", False)
     together = card["released_together"]
     assert together["releases"] == 1 and not together["data_dependent"]
     assert math.isclose(together["epsilon"], student["ledger"].total().eps) and together["epsilon"] > 0
@@ -127,7 +127,7 @@ def test_student_pack_unpacks_offline_decodes_and_carries_its_card(student, tmp_
     assert card["data"] == {"train": ["student_plurality_eps4"], "valid": ["dev"], "init": ["public_only"]}
     assert card["command"].startswith("local/train_asr.sh --outdir exp/student_plurality_eps4")
     assert card["model_sha256"] == file_sha256(files["asr_model_file"])
-    assert "## Privacy card" in readme and "| epsilon | 3.2 |" in readme and NO_GUARANTEE not in readme
+    assert "## Privacy card" in readme and "| epsilon | 2.99 |" in readme and NO_GUARANTEE not in readme
     with zipfile.ZipFile(packed) as z:
         names = set(z.namelist())
         text = b"".join(z.read(n) for n in names if not n.endswith(".pth"))

@@ -225,7 +225,7 @@ def card_markdown(card: Dict, zip_name: str = "model.zip") -> str:
     together = card.get("released_together")
     if together:
         lines.append(f"| everything released from the same sensitive set | epsilon {_fmt(together['epsilon'])} at "
-                     f"delta {_fmt(together['delta'])}, {together['releases']} releases composed "
+                     f"delta {_fmt(together['delta'])}, releases composed: {together['releases']} "
                      f"({together['conversion']} RDP conversion; budget {_fmt(together['eps_budget'])}; last "
                      f"release {together['last_release']}) |")
     for key, label in (("pseudo_label_wer", "pseudo-label WER %"), ("labelled_fraction", "labelled fraction")):
