@@ -2,7 +2,7 @@
 # espnet-pate recipe for the embedded synthetic corpus: differentially private RNN-T with PATE and DP-SGD.
 #
 # Usage: ./run.sh [options]                 (every option below; --help prints this block)
-#   ./run.sh                                 # the default experiment, stages 1-7
+#   ./run.sh                                 # the default experiment, stages 1-9
 #   ./run.sh --stage 3 --stop-stage 6        # from teacher training to the baselines
 #   ./run.sh --debug true                    # tiny corpus and short training (what CI runs), a few minutes
 # Stages:
@@ -13,9 +13,10 @@
 #   5  student training on pseudo-transcripts (or on --student_text)
 #   6  baselines on sensitive: DP-SGD at each --dpsgd_eps, and the non-private fine-tune
 #   7  decoding and scoring of every system on dev and test: exp/*/RESULTS.md and RESULTS.md
+#   9  model-zoo zips of the released systems with their privacy card: exp/packed/<system>.zip (seconds)
 # A finished step leaves a .done marker; a rerun skips it. Every long step prints its exact command and logs
 # under exp/. Options:
-#   --stage N --stop-stage N   stages to run (default 1 and 7)
+#   --stage N --stop-stage N   stages to run (default 1 and 9)
 #   --debug true|false         use conf/*_debug.yaml (default false)
 #   --nj N                     parallel jobs: teachers, students, decodings at once (default 2)
 #   --ngpu N                   GPUs per training job (default 0)
@@ -42,7 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 stage=1
-stop_stage=7
+stop_stage=9
 debug=false
 nj=2
 ngpu=0
@@ -305,6 +306,24 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   cmd+=($systems)
   log "run: ${cmd[*]}"
   "${cmd[@]}"
+fi
+
+if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
+  log "Stage 9: model-zoo packs with a privacy card into ${expdir}/packed/"
+  # Every system directly under ${expdir}; pack_model refuses (exit 2, with the reason) what may not be released:
+  # teachers, the non-private fine-tune, anything without a mechanism. A zip newer than its model, its claim and
+  # the ledger is finished (a new release in the ledger changes every card's composed cost).
+  for model in $(find "$expdir" -mindepth 2 -maxdepth 2 -name valid.loss.ave.pth | sort -V); do
+    system=$(dirname "$model"); zip=${expdir}/packed/$(basename "$system").zip
+    if [ "$zip" -nt "$model" ] && [ "$zip" -nt "${system}/privacy.json" ] && [ "$zip" -nt "$ledger" ]; then
+      log "skip (done: ${zip})"; continue
+    fi
+    cmd=(${python} -m espnet_pate.bin.pack_model "$system" --out "$zip" --ledger "$ledger")
+    log "run: ${cmd[*]}"
+    rc=0; "${cmd[@]}" || rc=$?
+    [ "$rc" -eq 2 ] && { log "not packed: ${system} (refused: the reason is above)"; continue; }
+    [ "$rc" -eq 0 ] || exit "$rc"
+  done
 fi
 log "Finished stages ${stage}-${stop_stage}"
 exit 0
