@@ -19,7 +19,7 @@ TEACHERS = f"teachers_head_k{NUM_TEACHERS}"  # run.sh's default trainable part
 def recipe(tmp_path_factory):
     work = tmp_path_factory.mktemp("recipe")
     dirs = {"datadir": work / "data", "dumpdir": work / "dump", "expdir": work / "exp"}
-    args = [str(ROOT / "run.sh"), "--debug", "true", "--stage", "1", "--stop-stage", "7",
+    args = [str(ROOT / "run.sh"), "--debug", "true", "--stage", "1", "--stop-stage", "9",
             "--num_teachers", str(NUM_TEACHERS)]
     for name, path in dirs.items():
         args += [f"--{name}", str(path)]
@@ -79,9 +79,12 @@ def test_head_teachers_share_the_whole_public_encoder(recipe):
 
 def test_results_table_lists_every_system(recipe):
     table = (recipe["expdir"] / "RESULTS.md").read_text()
-    assert re.search(r"^\| public_only \| 0 \| 0 \|", table, re.M)
+    released, diagnostics = table.split("## Operator diagnostics")
+    assert re.search(r"^\| public_only \| public_only \| 0 \| 0 \|", released, re.M)
+    assert re.search(r"^\| student_gnmax_utt \| PATE gnmax", released, re.M)
+    assert "everything released from the sensitive data set together" in released.lower()
     for k in range(NUM_TEACHERS):
-        assert f"| {TEACHERS}/teacher_{k} |" in table
+        assert f"| {TEACHERS}/teacher_{k} |" in diagnostics and f"{TEACHERS}/teacher_{k} |" not in released
     assert "python -m espnet_pate.bin.decode_and_score" in table
     assert "withheld words test %" in table  # from the corpus's withheld_words.txt
     assert (recipe["expdir"] / "public_only" / "RESULTS.md").exists()
@@ -120,3 +123,9 @@ def test_one_ledger_holds_every_pate_release_with_its_released_claim(recipe):
         student = recipe["expdir"] / f"student_{name}"
         if (student / ".done").exists():
             assert read_privacy_info(student)["epsilon"] == info["epsilon"]
+
+
+def test_stage9_packs_released_systems_only(recipe):
+    packed = {p.stem for p in (recipe["expdir"] / "packed").glob("*.zip")}
+    assert "public_only" in packed and any(p.startswith("student_") for p in packed)
+    assert "nonprivate" not in packed and not any("teacher" in p for p in packed)
