@@ -28,7 +28,7 @@ VOCAB = ["<blank>", "<unk>"] + list("abcdefg") + ["<sos/eos>"]
 REL = 1e-4
 
 
-def tiny_args(dropout=0.0):
+def tiny_args(dropout=0.0, ctc_weight=0.0):
     args = ASRTransducerTask.get_parser().parse_args([])
     args.token_list = list(VOCAB)
     args.input_size = None
@@ -47,13 +47,13 @@ def tiny_args(dropout=0.0):
     args.decoder = "rnn"
     args.decoder_conf = {"embed_size": 16, "hidden_size": 16, "num_layers": 1}
     args.joint_network_conf = {"joint_space_size": 24}
-    args.model_conf = {}
+    args.model_conf = {"auxiliary_ctc_weight": ctc_weight} if ctc_weight else {}
     return args
 
 
-def build_tiny(seed=0, dropout=0.0):
+def build_tiny(seed=0, dropout=0.0, ctc_weight=0.0):
     torch.manual_seed(seed)
-    model = ASRTransducerTask.build_model(tiny_args(dropout))
+    model = ASRTransducerTask.build_model(tiny_args(dropout, ctc_weight))
     # non-trivial BatchNorm statistics, as after (public) pretraining
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm1d):
@@ -161,6 +161,17 @@ def alone(fixed_model, batch):
     return grads_alone(fixed_model, *batch)
 
 
+@pytest.fixture(scope="module")
+def ctc_model():
+    """The recipe's configs add ESPnet's auxiliary CTC loss (weight 0.3) on the encoder output."""
+    return make_dp_exact(build_tiny(ctc_weight=0.3))
+
+
+@pytest.fixture(scope="module")
+def ctc_alone(ctc_model, batch):
+    return grads_alone(ctc_model, *batch)  # ESPnet's own forward: transducer + 0.3 * torch's ctc_loss
+
+
 # --------------------------------------------------------------------------------------------- teeth
 def test_stock_model_mixes_examples(stock_model, batch):
     """The unfixed stock model: an example's gradient in a padded batch differs from its gradient alone."""
@@ -195,6 +206,29 @@ def test_engine_per_example_grads_equal_alone(fixed_model, batch, alone, method)
     got = [{n: g[i] for n, g in per.items()} for i in range(batch[0].size(0))]
     assert max_rel_diff(got, alone) < REL
     assert torch.isfinite(losses).all() and losses.shape == (4,)
+
+
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+def test_engine_with_auxiliary_ctc_equals_alone(ctc_model, batch, ctc_alone, method):
+    eng = PerExampleGradients(ctc_model, method=method)
+    per, _ = eng.per_example_grads(*batch)
+    got = [{n: g[i] for n, g in per.items()} for i in range(batch[0].size(0))]
+    assert max_rel_diff(got, ctc_alone) < REL
+    # teeth: the CTC term is in there (ctc_lin only learns from it)
+    assert all(float(g["ctc_lin.weight"].norm()) > 0 for g in ctc_alone)
+    assert all(float(per["ctc_lin.weight"][i].norm()) > 0 for i in range(batch[0].size(0)))
+
+
+def test_auxiliary_ctc_any_batch_composition(ctc_model, batch, ctc_alone):
+    speech, lens, text, tlens = batch
+    eng = PerExampleGradients(ctc_model, method="vmap")
+    for order in ([3, 1], [2, 0, 3], [3, 0, 0, 1]):
+        idx = torch.tensor(order)
+        sl = lens[idx]
+        per, _ = eng.per_example_grads(speech[idx][:, : int(sl.max())], sl, text[idx], tlens[idx])
+        for j, i in enumerate(order):
+            got = clip({n: g[j] for n, g in per.items()}, 1.0)
+            assert max_rel_diff([got], [clip(ctc_alone[i], 1.0)]) < REL
 
 
 @pytest.mark.parametrize("method", ["vmap", "loop"])
