@@ -129,11 +129,16 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   run_step "${token_dir}/.done" ${python} -m espnet_pate.bin.train_tokenizer \
     --text "${datadir}/public_labeled/text" --token-type "$token_type" --vocab-size "$nbpe" --out-dir "$token_dir"
   set_public_valid
+  held_out_public=""
   if [ "$public_valid" != "${datadir}/dev" ]; then
-    run_step "${public_valid}/.done" ${python} -m espnet_pate.bin.exclude_words_data_dir "${datadir}/dev" \
-      "${datadir}/withheld_words.txt" "$public_valid"
+    # dev_public validates the public model; test_public measures it (README), never chosen on
+    for s in dev test; do
+      run_step "${datadir}/${s}_public/.done" ${python} -m espnet_pate.bin.exclude_words_data_dir "${datadir}/${s}" \
+        "${datadir}/withheld_words.txt" "${datadir}/${s}_public"
+    done
+    held_out_public="dev_public test_public"
   fi
-  for s in $(echo $all_sets ${public_valid##*/} | tr ' ' '\n' | sort -u); do
+  for s in $all_sets $held_out_public; do
     run_step "${shape_dir}/${s}/.done" ${python} -m espnet_pate.bin.make_shape_file "${datadir}/${s}" "${shape_dir}/${s}/speech_shape"
   done
   # Feature statistics (global MVN) from public_labeled alone (train/feats_stats.npz): statistics of sensitive
