@@ -199,36 +199,28 @@ def test_fixed_model_padded_batch_equals_alone(fixed_model, batch, alone):
     assert max_rel_diff(in_batch, alone) < REL
 
 
+LOSSES = pytest.mark.parametrize("loss", ["rnnt", "rnnt+ctc"])
+
+
+def model_and_alone(request, loss):
+    """The fixed model and its examples' gradients alone, without or with ESPnet's auxiliary CTC loss."""
+    if loss == "rnnt":
+        return request.getfixturevalue("fixed_model"), request.getfixturevalue("alone")
+    return request.getfixturevalue("ctc_model"), request.getfixturevalue("ctc_alone")
+
+
+@LOSSES
 @pytest.mark.parametrize("method", ["vmap", "loop"])
-def test_engine_per_example_grads_equal_alone(fixed_model, batch, alone, method):
-    eng = PerExampleGradients(fixed_model, method=method)
+def test_engine_per_example_grads_equal_alone(request, batch, method, loss):
+    model, alone = model_and_alone(request, loss)
+    eng = PerExampleGradients(model, method=method)
     per, losses = eng.per_example_grads(*batch)
     got = [{n: g[i] for n, g in per.items()} for i in range(batch[0].size(0))]
     assert max_rel_diff(got, alone) < REL
     assert torch.isfinite(losses).all() and losses.shape == (4,)
-
-
-@pytest.mark.parametrize("method", ["vmap", "loop"])
-def test_engine_with_auxiliary_ctc_equals_alone(ctc_model, batch, ctc_alone, method):
-    eng = PerExampleGradients(ctc_model, method=method)
-    per, _ = eng.per_example_grads(*batch)
-    got = [{n: g[i] for n, g in per.items()} for i in range(batch[0].size(0))]
-    assert max_rel_diff(got, ctc_alone) < REL
-    # teeth: the CTC term is in there (ctc_lin only learns from it)
-    assert all(float(g["ctc_lin.weight"].norm()) > 0 for g in ctc_alone)
-    assert all(float(per["ctc_lin.weight"][i].norm()) > 0 for i in range(batch[0].size(0)))
-
-
-def test_auxiliary_ctc_any_batch_composition(ctc_model, batch, ctc_alone):
-    speech, lens, text, tlens = batch
-    eng = PerExampleGradients(ctc_model, method="vmap")
-    for order in ([3, 1], [2, 0, 3], [3, 0, 0, 1]):
-        idx = torch.tensor(order)
-        sl = lens[idx]
-        per, _ = eng.per_example_grads(speech[idx][:, : int(sl.max())], sl, text[idx], tlens[idx])
-        for j, i in enumerate(order):
-            got = clip({n: g[j] for n, g in per.items()}, 1.0)
-            assert max_rel_diff([got], [clip(ctc_alone[i], 1.0)]) < REL
+    if loss == "rnnt+ctc":  # teeth: the CTC term is in there (ctc_lin learns from it alone)
+        assert all(float(g["ctc_lin.weight"].norm()) > 0 for g in alone)
+        assert all(float(per["ctc_lin.weight"][i].norm()) > 0 for i in range(batch[0].size(0)))
 
 
 @pytest.mark.parametrize("method", ["vmap", "loop"])
@@ -245,10 +237,12 @@ def test_clipped_sum_equals_sum_of_clipped_alone(fixed_model, batch, alone, meth
     assert bool((stats.norms * stats.factors <= C * (1 + 1e-5)).all())
 
 
-def test_each_example_any_batch_composition(fixed_model, batch, alone):
+@LOSSES
+def test_each_example_any_batch_composition(request, batch, loss):
     """Same example, other padded batches (reordered, subset, duplicated longest): same clipped gradient."""
+    model, alone = model_and_alone(request, loss)
     speech, lens, text, tlens = batch
-    eng = PerExampleGradients(fixed_model, method="vmap")
+    eng = PerExampleGradients(model, method="vmap")
     C = 1.0
     for order in ([3, 1], [2, 0, 3], [3, 0, 0, 1]):
         idx = torch.tensor(order)
