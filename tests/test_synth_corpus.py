@@ -177,8 +177,8 @@ def test_a_set_is_redone_when_what_it_depends_on_changes(corpus):
 
 @needs_tts
 def test_each_espeak_speaker_renders_from_a_folder_of_its_own_voice(tmp_path, monkeypatch):
-    # espeak-ng lists at most 350 voices: with 300 speakers in one shared folder the last ones got another voice,
-    # which one depending on what the parallel jobs had written (found on the 300-speaker public_labeled).
+    # espeak-ng lists at most 349 voices: with 300 speakers in one shared folder about 80 got another voice, which
+    # ones depending on what the parallel jobs had written (found on the 300-speaker public_labeled).
     real_render = synth_audio.render_espeak
     seen = []
 

@@ -176,9 +176,9 @@ def build_set(plan: SetPlan, out: Path, config: CorpusConfig, nj: int = 2) -> No
         def render(spk: Speaker) -> None:
             utts = [(u, text) for u, _, text in plan.utts[spk.spk_id]]
             if plan.source == "espeak":
-                # One data folder per speaker: espeak-ng lists at most 350 voices (its ~130 languages and the
-                # variants), so with a shared folder of 300 speakers the last ones silently got another voice,
-                # which one depending on what the parallel jobs had added.
+                # One data folder per speaker: espeak-ng lists at most 349 voices (its 131 languages and the
+                # variants), so with a shared folder of 300 speakers about 80 of them silently got another voice,
+                # which ones depending on what the parallel jobs had added.
                 voices = synth_audio.EspeakVoices(Path(home) / spk.spk_id)
                 synth_audio.render_espeak(spk, utts, tmp_wav / spk.spk_id, voices, config.seed)
             else:
