@@ -1,7 +1,7 @@
 """espnet_pate.asr.tokenizer: the token list (char or bpe) comes from the public text alone, in ESPnet's layout."""
 import pytest
 
-from espnet_pate.asr.tokenizer import token_dir_name, train_tokenizer
+from espnet_pate.asr.tokenizer import train_tokenizer
 
 SENTENCES = ["set an alarm for seven", "what is the weather today", "play some music", "call my mother now",
              "remind me to buy milk", "convert ten miles to kilometres"] * 20
@@ -38,7 +38,6 @@ def test_bpe_writes_the_sentencepiece_model(public_text, tmp_path):
     assert tokens.read_text().split("\n")[0] == "<blank>"
 
 
-def test_token_dir_names():
-    assert token_dir_name("char") == "char" and token_dir_name("bpe", 100) == "bpe_unigram100"
+def test_unknown_token_type_is_refused(public_text, tmp_path):
     with pytest.raises(ValueError, match="token type"):
-        token_dir_name("word")
+        train_tokenizer(public_text, tmp_path / "word", token_type="word")

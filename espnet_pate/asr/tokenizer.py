@@ -14,20 +14,14 @@ from espnet_pate.data.kaldi_dir import read_table
 TOKEN_TYPES = ("char", "bpe")
 
 
-def token_dir_name(token_type: str, nbpe: int = 100) -> str:
-    """The folder under dump/token_list/ for a token inventory (ESPnet's asr.sh names)."""
-    if token_type not in TOKEN_TYPES:
-        raise ValueError(f"token type must be one of {TOKEN_TYPES}, got {token_type!r}")
-    return "char" if token_type == "char" else f"bpe_unigram{nbpe}"
-
-
 def train_tokenizer(text_file: os.PathLike | str, out_dir: os.PathLike | str, vocab_size: int = 100,
                     model_type: str = "unigram", token_type: str = "bpe") -> Path:
     """Write `out_dir/tokens.txt` from the transcripts of a Kaldi `text` file (for `bpe`, train `out_dir/bpe.model`
     first; `vocab_size` and `model_type` are sentencepiece's and ignored for `char`)."""
     from espnet2.bin.tokenize_text import tokenize  # heavy import: only here
 
-    token_dir_name(token_type)
+    if token_type not in TOKEN_TYPES:
+        raise ValueError(f"token type must be one of {TOKEN_TYPES}, got {token_type!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sentences = out_dir / "train.txt"
