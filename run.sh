@@ -7,7 +7,8 @@
 #   ./run.sh --debug true                    # tiny corpus and short training (what CI runs), a few minutes
 # Stages:
 #   1  data preparation (local/data.sh): the synthetic corpus as Kaldi directories
-#   2  validation of every directory; tokenizer and feature statistics from public data only
+#   2  validation of every directory; token list, feature statistics and the public model's held-out set
+#      (dev without the withheld words) from public data only
 #   3  public pretraining, partition of the sensitive data, one teacher per partition
 #   4  noisy ensemble decoding of public_unlabeled into pseudo-transcripts (PATE)
 #   5  student training on pseudo-transcripts (or on --student_text)
@@ -30,7 +31,8 @@
 #   --partition_unit U         speaker | utterance (default speaker)
 #   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "4 8", the budgets of
 #                              conf/pate.yaml, so that both methods compare at equal epsilon; debug "8")
-#   --nbpe N                   sentencepiece vocabulary size (default 100)
+#   --token_type T             char | bpe: the token inventory, from public_labeled text only (default char)
+#   --nbpe N                   sentencepiece vocabulary size with --token_type bpe (default 100)
 #   --score_teachers N         stage 7 decodes the first N teachers of each teacher set (default 5)
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
 #   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
@@ -55,6 +57,7 @@ shadow_teachers=true
 survey_utts=100
 partition_unit=speaker
 dpsgd_eps=""
+token_type=char
 nbpe=100
 score_teachers=5
 student_text=""
@@ -91,9 +94,20 @@ run_step() {
   mkdir -p "$(dirname "$done_marker")"; touch "$done_marker"
 }
 
-token_dir=${dumpdir}/token_list/bpe_unigram${nbpe}
-bpemodel=${token_dir}/bpe.model
+case "$token_type" in
+  char) token_dir=${dumpdir}/token_list/char; token_opts=(--token_type char) ;;
+  bpe) token_dir=${dumpdir}/token_list/bpe_unigram${nbpe}; token_opts=(--token_type bpe --bpemodel "${token_dir}/bpe.model") ;;
+  *) log "error: --token_type must be char or bpe, got '${token_type}'"; exit 1 ;;
+esac
 token_list=${token_dir}/tokens.txt
+# The public model validates (early stopping, best checkpoints) on held-out utterances it can know: dev without
+# the words public_labeled never holds (a corpus that lists them: stage 1 writes the list). A loss dominated by
+# those words rises while WER falls.
+set_public_valid() {
+  public_valid=${datadir}/dev
+  [ -f "${datadir}/withheld_words.txt" ] && public_valid=${datadir}/dev_public
+  return 0
+}
 stats_dir=${expdir}/asr_stats_public
 shape_dir=${dumpdir}/shapes
 decode_config=${conf_dir}/decode_transducer.yaml
@@ -112,7 +126,7 @@ unfinished() {
   done
 }
 
-train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --nbpe $nbpe --ngpu $ngpu"
+train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --token_type $token_type --nbpe $nbpe --ngpu $ngpu"
 # train_asr OUTDIR CONFIG TRAIN_DIR [--init_param PTH]: one model, logged to OUTDIR/train.log.
 train_asr() {
   local outdir=$1 config=$2 train=$3; shift 3
@@ -127,7 +141,7 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
-  log "Stage 2: validation; tokenizer and feature statistics from public_labeled only"
+  log "Stage 2: validation; token list (${token_type}) and feature statistics from public_labeled only"
   for s in $all_sets; do need "${datadir}/${s}/wav.scp" 1; done
   for s in $all_sets; do
     no_text=""; [[ $s == public_unlabeled* ]] && no_text=--no-text
@@ -135,8 +149,18 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   done
   mkdir -p "$token_dir"
   run_step "${token_dir}/.done" ${python} -m espnet_pate.bin.train_tokenizer \
-    --text "${datadir}/public_labeled/text" --vocab-size "$nbpe" --out-dir "$token_dir"
-  for s in $all_sets; do
+    --text "${datadir}/public_labeled/text" --token-type "$token_type" --vocab-size "$nbpe" --out-dir "$token_dir"
+  set_public_valid
+  held_out_public=""
+  if [ "$public_valid" != "${datadir}/dev" ]; then
+    # dev_public validates the public model; test_public measures it (README), never chosen on
+    for s in dev test; do
+      run_step "${datadir}/${s}_public/.done" ${python} -m espnet_pate.bin.exclude_words_data_dir "${datadir}/${s}" \
+        "${datadir}/withheld_words.txt" "${datadir}/${s}_public"
+    done
+    held_out_public="dev_public test_public"
+  fi
+  for s in $all_sets $held_out_public; do
     run_step "${shape_dir}/${s}/.done" ${python} -m espnet_pate.bin.make_shape_file "${datadir}/${s}" "${shape_dir}/${s}/speech_shape"
   done
   # Feature statistics (global MVN) from public_labeled alone (train/feats_stats.npz): statistics of sensitive
@@ -144,7 +168,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   run_step "${stats_dir}/.done" ${train_cmd} "${stats_dir}/collect_stats.log" \
     ${python} -m espnet_pate.bin.asr_transducer_train --collect_stats true \
       --config "${conf_dir}/train_pretrain${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
-      --token_type bpe --bpemodel "$bpemodel" --token_list "$token_list" \
+      "${token_opts[@]}" --token_list "$token_list" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/wav.scp,speech,sound" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/text,text,text" \
       --train_shape_file "${shape_dir}/public_labeled/speech_shape" \
@@ -179,7 +203,8 @@ train_teachers() {
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "Stage 3: public pretraining, partition, ${num_teachers} teachers (trainable: ${teacher_trainable})"
   need "${stats_dir}/.done" 2
-  train_asr "${expdir}/public_only" "${conf_dir}/train_pretrain${sfx}.yaml" "${datadir}/public_labeled"
+  set_public_valid
+  train_asr "${expdir}/public_only" "${conf_dir}/train_pretrain${sfx}.yaml" "${datadir}/public_labeled" --valid "$public_valid"
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/public_only" --epsilon 0 --delta 0 --mechanism public_only \
     --note "trained on public_labeled only"
   ${python} -m espnet_pate.bin.partition_data_dir "${datadir}/sensitive" "$shards_dir" \

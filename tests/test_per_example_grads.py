@@ -28,7 +28,7 @@ VOCAB = ["<blank>", "<unk>"] + list("abcdefg") + ["<sos/eos>"]
 REL = 1e-4
 
 
-def tiny_args(dropout=0.0):
+def tiny_args(dropout=0.0, ctc_weight=0.0):
     args = ASRTransducerTask.get_parser().parse_args([])
     args.token_list = list(VOCAB)
     args.input_size = None
@@ -47,13 +47,13 @@ def tiny_args(dropout=0.0):
     args.decoder = "rnn"
     args.decoder_conf = {"embed_size": 16, "hidden_size": 16, "num_layers": 1}
     args.joint_network_conf = {"joint_space_size": 24}
-    args.model_conf = {}
+    args.model_conf = {"auxiliary_ctc_weight": ctc_weight} if ctc_weight else {}
     return args
 
 
-def build_tiny(seed=0, dropout=0.0):
+def build_tiny(seed=0, dropout=0.0, ctc_weight=0.0):
     torch.manual_seed(seed)
-    model = ASRTransducerTask.build_model(tiny_args(dropout))
+    model = ASRTransducerTask.build_model(tiny_args(dropout, ctc_weight))
     # non-trivial BatchNorm statistics, as after (public) pretraining
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm1d):
@@ -161,6 +161,17 @@ def alone(fixed_model, batch):
     return grads_alone(fixed_model, *batch)
 
 
+@pytest.fixture(scope="module")
+def ctc_model():
+    """The recipe's configs add ESPnet's auxiliary CTC loss (weight 0.3) on the encoder output."""
+    return make_dp_exact(build_tiny(ctc_weight=0.3))
+
+
+@pytest.fixture(scope="module")
+def ctc_alone(ctc_model, batch):
+    return grads_alone(ctc_model, *batch)  # ESPnet's own forward: transducer + 0.3 * torch's ctc_loss
+
+
 # --------------------------------------------------------------------------------------------- teeth
 def test_stock_model_mixes_examples(stock_model, batch):
     """The unfixed stock model: an example's gradient in a padded batch differs from its gradient alone."""
@@ -188,13 +199,28 @@ def test_fixed_model_padded_batch_equals_alone(fixed_model, batch, alone):
     assert max_rel_diff(in_batch, alone) < REL
 
 
+LOSSES = pytest.mark.parametrize("loss", ["rnnt", "rnnt+ctc"])
+
+
+def model_and_alone(request, loss):
+    """The fixed model and its examples' gradients alone, without or with ESPnet's auxiliary CTC loss."""
+    if loss == "rnnt":
+        return request.getfixturevalue("fixed_model"), request.getfixturevalue("alone")
+    return request.getfixturevalue("ctc_model"), request.getfixturevalue("ctc_alone")
+
+
+@LOSSES
 @pytest.mark.parametrize("method", ["vmap", "loop"])
-def test_engine_per_example_grads_equal_alone(fixed_model, batch, alone, method):
-    eng = PerExampleGradients(fixed_model, method=method)
+def test_engine_per_example_grads_equal_alone(request, batch, method, loss):
+    model, alone = model_and_alone(request, loss)
+    eng = PerExampleGradients(model, method=method)
     per, losses = eng.per_example_grads(*batch)
     got = [{n: g[i] for n, g in per.items()} for i in range(batch[0].size(0))]
     assert max_rel_diff(got, alone) < REL
     assert torch.isfinite(losses).all() and losses.shape == (4,)
+    if loss == "rnnt+ctc":  # teeth: the CTC term is in there (ctc_lin learns from it alone)
+        assert all(float(g["ctc_lin.weight"].norm()) > 0 for g in alone)
+        assert all(float(per["ctc_lin.weight"][i].norm()) > 0 for i in range(batch[0].size(0)))
 
 
 @pytest.mark.parametrize("method", ["vmap", "loop"])
@@ -211,10 +237,12 @@ def test_clipped_sum_equals_sum_of_clipped_alone(fixed_model, batch, alone, meth
     assert bool((stats.norms * stats.factors <= C * (1 + 1e-5)).all())
 
 
-def test_each_example_any_batch_composition(fixed_model, batch, alone):
+@LOSSES
+def test_each_example_any_batch_composition(request, batch, loss):
     """Same example, other padded batches (reordered, subset, duplicated longest): same clipped gradient."""
+    model, alone = model_and_alone(request, loss)
     speech, lens, text, tlens = batch
-    eng = PerExampleGradients(fixed_model, method="vmap")
+    eng = PerExampleGradients(model, method="vmap")
     C = 1.0
     for order in ([3, 1], [2, 0, 3], [3, 0, 0, 1]):
         idx = torch.tensor(order)

@@ -173,3 +173,20 @@ def test_a_set_is_redone_when_what_it_depends_on_changes(corpus):
     assert [n for n in SETS if not is_done(corpus, n, config)] == TRAINING
     config.seed += 1
     assert not any(is_done(corpus, n, config) for n in SETS)
+
+
+@needs_tts
+def test_each_espeak_speaker_renders_from_a_folder_of_its_own_voice(tmp_path, monkeypatch):
+    # espeak-ng lists at most 349 voices: with 300 speakers in one shared folder about 80 got another voice, which
+    # ones depending on what the parallel jobs had written (found on the 300-speaker public_labeled).
+    real_render = synth_audio.render_espeak
+    seen = []
+
+    def checked(speaker, utts, wav_dir, voices, seed):
+        real_render(speaker, utts, wav_dir, voices, seed)
+        seen.append(sorted(p.name for p in (voices.root / "espeak-ng-data" / "voices" / "!v").iterdir()))
+        assert seen[-1] == [speaker.spk_id]
+
+    monkeypatch.setattr(synth_audio, "render_espeak", checked)
+    prepare_synth_corpus(load_config(DEBUG_CONFIG), tmp_path, nj=2, sets=["dev"], log=_quiet)
+    assert len(seen) == len(read_kaldi_dir(tmp_path / "dev").spk2utt()) > 1

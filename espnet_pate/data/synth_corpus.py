@@ -172,11 +172,14 @@ def build_set(plan: SetPlan, out: Path, config: CorpusConfig, nj: int = 2) -> No
         (tmp_wav / spk.spk_id).mkdir(parents=True)
 
     with tempfile.TemporaryDirectory(prefix="espeak_home_") as home:
-        voices = synth_audio.EspeakVoices(home) if plan.source == "espeak" else None
 
         def render(spk: Speaker) -> None:
             utts = [(u, text) for u, _, text in plan.utts[spk.spk_id]]
-            if voices is not None:
+            if plan.source == "espeak":
+                # One data folder per speaker: espeak-ng lists at most 349 voices (its 131 languages and the
+                # variants), so with a shared folder of 300 speakers about 80 of them silently got another voice,
+                # which ones depending on what the parallel jobs had added.
+                voices = synth_audio.EspeakVoices(Path(home) / spk.spk_id)
                 synth_audio.render_espeak(spk, utts, tmp_wav / spk.spk_id, voices, config.seed)
             else:
                 synth_audio.render_other(spk, utts, tmp_wav / spk.spk_id, config.seed)

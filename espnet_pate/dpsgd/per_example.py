@@ -14,8 +14,9 @@ depends on the rest of the batch).  Two exact methods:
 * ``method="vmap"`` (default): ``torch.func.vmap(grad(...))`` over a per-example loss written with the model's own
   modules (encoder with per-example masks, an unrolled LSTM/GRU for the decoder because ``nn.LSTM`` has no vmap
   batching rule on CPU, the joint network, and the pure-PyTorch RNN-T loss ``rnnt_loss_logspace`` since
-  torchaudio's cannot run under vmap).  Features are computed per utterance outside vmap (the frontend has no
-  trainable parameters).  Transducer loss only (no auxiliary CTC/LM losses).
+  torchaudio's cannot run under vmap), plus the auxiliary CTC loss if the model has one (``ctc_loss_logspace``,
+  since torch's takes concatenated targets).  Features are computed per utterance outside vmap (the frontend has
+  no trainable parameters).  No auxiliary LM loss.
 * ``method="loop"``: one forward/backward of the model's own ``forward`` (its ``criterion_transducer``) per unit on
   that unit's examples only.  Works for any configuration ``make_dp_exact`` accepts, including auxiliary losses.
 
@@ -43,6 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
+from espnet_pate.asr.ctc_loss import ctc_loss_logspace
 from espnet_pate.asr.rnnt_loss import rnnt_loss_logspace
 from espnet_pate.dpsgd.model_fixes import is_dp_exact, per_example_feats, subsampled_lengths
 
@@ -198,7 +200,8 @@ def _decoder_forward(decoder: torch.nn.Module, labels: torch.Tensor) -> torch.Te
 
 
 class _PerExampleLoss(torch.nn.Module):
-    """Transducer loss of ONE example given its padded features/labels (for vmap over examples)."""
+    """Loss of ONE example given its padded features/labels (for vmap over examples): the model's transducer loss
+    and, if it has one, its auxiliary CTC loss, weighted as in ``ESPnetASRTransducerModel.forward``."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -223,7 +226,13 @@ class _PerExampleLoss(torch.nn.Module):
         dec_out = _decoder_forward(m.decoder, dec_in)
         joint = m.joint_network(x.unsqueeze(2), dec_out.unsqueeze(1))
         loss = rnnt_loss_logspace(joint.float(), labels, t_len, text_len.view(1), blank=0, reduction="sum")
-        return m.transducer_weight * loss
+        loss = m.transducer_weight * loss
+        if m.use_auxiliary_ctc:
+            # as ESPnet's _calc_ctc_loss: dropout (always on there) on the encoder output, then ctc_lin
+            ctc_in = m.ctc_lin(torch.nn.functional.dropout(x, p=m.ctc_dropout_rate))
+            ctc = ctc_loss_logspace(torch.log_softmax(ctc_in, dim=-1), labels, t_len, text_len.view(1))
+            loss = loss + m.auxiliary_ctc_weight * ctc.sum()
+        return loss
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -232,7 +241,7 @@ class PerExampleGradients:
 
     Args:
         model: an ``ESPnetASRTransducerModel`` fixed by ``make_dp_exact`` (``allow_unfixed=True`` only for tests).
-        method: "vmap" (fast; transducer loss only) or "loop" (any supported config).
+        method: "vmap" (fast; transducer and auxiliary CTC losses) or "loop" (any supported config).
         chunk_size: vmap chunk size (None: whole batch at once; smaller saves memory).
     """
 
@@ -248,8 +257,8 @@ class PerExampleGradients:
         if not allow_unfixed and not is_dp_exact(model):
             raise ValueError("call espnet_pate.dpsgd.model_fixes.make_dp_exact(model) first")
         if method == "vmap":
-            if getattr(model, "use_auxiliary_ctc", False) or getattr(model, "use_auxiliary_lm_loss", False):
-                raise ValueError("method='vmap' computes the transducer loss only; use method='loop'")
+            if getattr(model, "use_auxiliary_lm_loss", False):
+                raise ValueError("method='vmap' has no auxiliary LM loss; use method='loop'")
             for part in ("frontend", "normalize", "specaug"):
                 mod = getattr(model, part, None)
                 if mod is not None and any(p.requires_grad for p in mod.parameters()):
