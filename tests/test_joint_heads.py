@@ -195,3 +195,14 @@ def test_bad_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="bad.yaml.*optim 'sgd'.*scheduler 'noamlr'"):
         load_train_config(bad)
     assert np.isfinite(float(warmup_lr(1e-3, 10, torch.tensor([1]))[0]))
+
+
+def test_teachers_finished_before_the_run_are_kept(toy):
+    out = toy["root"] / "out_kept"
+    (out / "teacher_1").mkdir(parents=True)
+    (out / "teacher_1" / ".done").touch()  # e.g. trained by --teacher_training espnet
+    said = []
+    train_teacher_heads(toy["public"], toy["shards"][:2], toy["valid"], out, config(max_epoch=1),
+                        progress=said.append)
+    assert (out / "teacher_0" / MODEL_FILE).is_file() and not (out / "teacher_1" / MODEL_FILE).exists()
+    assert f"kept {out / 'teacher_1'} (done before this run)" in said
