@@ -4,10 +4,9 @@ Each head's tensors are stacked on a leading teacher axis [K, ...]. One forward 
 network of a group of teachers with one ``bmm`` per projection (``StackedRNNDecoder``/``StackedJoint`` of
 espnet_pate.ensemble.teachers, the same code lock-step decoding uses), each teacher on its own batch, and the
 RNN-T loss of all of them in ONE call of the loss ESPnet's model uses (espnet_pate.asr.rnnt_loss, torchaudio) on
-the [G*B, T, U+1, V] logits with reduction "none" (backend "torch", its pure-PyTorch forward recursion, by
-default: same values, 4x faster here than torchaudio's kernel, which computes every gradient cell in its
-forward: 1.8 s against 7.7 s for 4 teachers x 50 debug-corpus utterances, forward and backward); each teacher's loss is then the sum over its batch divided by
-its batch size, which is warp-transducer's "mean" as ESPnet's model reports it.
+the [G*B, T, U+1, V] logits with reduction "none" (by default its pure-PyTorch recursion, backend "torch": the
+same values as torchaudio's kernel, and faster on CPU here, see README); each teacher's loss is then the sum
+over its batch divided by its batch size, which is warp-transducer's "mean" as ESPnet's model reports it.
 
 Independence (the PATE argument): teacher k's loss reads only its parameters and its batch, so the gradient of
 the summed loss with respect to its slice is its own gradient; clipping, the Adam state and the learning-rate
@@ -145,7 +144,8 @@ class StackedHeads:
             out, state = dec.rnn_step(steps[u], state, None if masks is None else [m[u] for m in masks])
             outs.append(out)
         dec_out = torch.stack(outs, dim=2)  # [G, B, U+1, H]
-        logits = joint.logits(joint.project_encoder(batch.enc).unsqueeze(3), joint.project_decoder(dec_out).unsqueeze(2))
+        enc_proj, dec_proj = joint.project_encoder(batch.enc), joint.project_decoder(dec_out)
+        logits = joint.logits(enc_proj.unsqueeze(3), dec_proj.unsqueeze(2))  # [G, B, T, U+1, V]
         t, v = batch.enc.shape[2], logits.shape[-1]
         per_utt = self.criterion(logits.reshape(g * b, t, u1, v), batch.target.reshape(g * b, -1),
                                  batch.t_len.reshape(-1), batch.u_len.reshape(-1)).reshape(g, b)
@@ -214,7 +214,10 @@ def clip_per_teacher(params: Dict[str, torch.Tensor], max_norm: float) -> torch.
     """``clip_grad_norm_`` for each teacher's slice alone; returns the norms [K] before clipping (a non-finite
     norm means ESPnet's trainer skips that update)."""
     grads = [p.grad for p in params.values()]
-    norms = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    # teacher by teacher, as clip_grad_norm_ computes it: a reduction over [K, n] may sum a row in another order
+    # depending on K, and the result must not depend on how many other teachers there are
+    norms = torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm([g[k] for g in grads])))
+                         for k in range(grads[0].shape[0])])
     if max_norm and max_norm > 0:
         coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:

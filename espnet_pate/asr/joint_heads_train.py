@@ -119,7 +119,7 @@ def train_teacher_heads(public_dir: os.PathLike | str, shard_dirs: Sequence[os.P
     optim_conf = dict(config["optim_conf"])
     base_lr = float(optim_conf.pop("lr", 1e-3))
     opt = StackedAdam(heads.params, num, betas=optim_conf.pop("betas", (0.9, 0.999)), eps=optim_conf.pop("eps", 1e-8))
-    if any(float(v) != 0 for k, v in optim_conf.items() if k in ("weight_decay",)) or set(optim_conf) - {"weight_decay"}:
+    if float(optim_conf.pop("weight_decay", 0.0)) != 0 or optim_conf:
         raise ValueError(f"optim_conf {config['optim_conf']}: only lr, betas, eps are supported")
     warmup = (config.get("scheduler_conf") or {}).get("warmup_steps") if config.get("scheduler") else None
     seed, bs, chunk = int(config["seed"]), int(config["batch_size"]), int(config["teacher_chunk"])
