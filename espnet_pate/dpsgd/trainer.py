@@ -558,7 +558,7 @@ class DPSGDTrainer(Trainer):
                                 "report flags such a run as not for release). Default: operating-system entropy")
         group.add_argument("--dp_per_example_method", type=str, default=d["dp_per_example_method"],
                            choices=list(METHODS),
-                           help="vmap (fast, transducer loss only) or loop (one backward per unit)")
+                           help="vmap (fast; transducer and auxiliary CTC losses) or loop (one backward per unit)")
         group.add_argument("--dp_max_physical_batch_size", type=int, default=d["dp_max_physical_batch_size"],
                            help="Most utterances per per-example-gradient pass (memory; a unit is never split)")
         group.add_argument("--dp_conv_norm", type=str, default=d["dp_conv_norm"], choices=list(CONV_NORMS),
