@@ -141,6 +141,19 @@ def encoder_of(ensemble, load: Callable[[str], np.ndarray]):
     return lambda utts: ensemble.encode_batch([load(u) for u in utts])
 
 
+def start_batch(ensemble, encs: Sequence[torch.Tensor]):
+    """(lengths [B], projected encoder outputs [K, B, T, J] zero-padded, decoder state after blank, projected
+    decoder output [K, B, J]): where every greedy search over a batch of utterances starts."""
+    ens, K, B = ensemble, ensemble.num_teachers, len(encs)
+    lengths = torch.tensor([e.shape[1] for e in encs])
+    enc = encs[0].new_zeros(K, B, int(lengths.max()), encs[0].shape[-1])
+    for b, e in enumerate(encs):
+        enc[:, b, : e.shape[1]] = e
+    state = ens.decoder.init_state(B)
+    out, state = ens.decoder.step(torch.full((B,), ens.blank_id, dtype=torch.long, device=enc.device), state)
+    return lengths, ens.joint.project_encoder(enc), state, ens.joint.project_decoder(out)
+
+
 def _aggregate(aggregator, votes: np.ndarray, budget: Optional[PrivacyBudget]):
     """(Aggregation, number of leading rows that ran). Rows after those were refused by the budget unrun."""
     if budget is None:
@@ -205,17 +218,10 @@ class LockstepDecoder:
 
     def _decode_batch(self, batch, encs, index, results, qlog, budget) -> bool:
         """Decode one batch of utterances together; True when the budget stopped the run."""
-        ens, K = self.ens, self.ens.num_teachers
+        ens = self.ens
         B = len(batch)
-        lengths = torch.tensor([e.shape[1] for e in encs])
-        enc = encs[0].new_zeros(K, B, int(lengths.max()), encs[0].shape[-1])
-        for b, e in enumerate(encs):
-            enc[:, b, : e.shape[1]] = e
-        enc_proj = ens.joint.project_encoder(enc)  # [K, B, T, J]
+        lengths, enc_proj, state, dec_proj = start_batch(ens, encs)
         blank = ens.blank_id
-        state = ens.decoder.init_state(B)
-        dec_out, state = ens.decoder.step(torch.full((B,), blank, dtype=torch.long, device=enc.device), state)
-        dec_proj = ens.joint.project_decoder(dec_out)  # [K, B, J]
         t = np.zeros(B, dtype=np.int64)
         T = lengths.numpy()
         sym = np.zeros(B, dtype=np.int64)
@@ -227,8 +233,8 @@ class LockstepDecoder:
         exhausted = False
         while active.any():
             idx = np.flatnonzero(active)
-            tidx = torch.as_tensor(idx, device=enc.device)
-            tt = torch.as_tensor(t[idx], device=enc.device)
+            tidx = torch.as_tensor(idx, device=enc_proj.device)
+            tt = torch.as_tensor(t[idx], device=enc_proj.device)
             logits = ens.joint.logits(enc_proj[:, tidx, tt], dec_proj[:, tidx])  # [K, A, V]
             if not bool(torch.isfinite(logits.sum())):  # any NaN or inf makes the sum non-finite
                 bad = sorted({ens.names[k] for k in torch.nonzero(~torch.isfinite(logits))[:, 0].tolist()})
@@ -260,8 +266,8 @@ class LockstepDecoder:
                         t[b] += 1
                         sym[b] = 0
             if tokens:
-                rows = torch.tensor([b for b, _ in tokens], device=enc.device)
-                lab = torch.tensor([y for _, y in tokens], device=enc.device)
+                rows = torch.tensor([b for b, _ in tokens], device=enc_proj.device)
+                lab = torch.tensor([y for _, y in tokens], device=enc_proj.device)
                 h, c = state
                 out, (h_new, c_new) = ens.decoder.step(lab, (h[:, :, rows], None if c is None else c[:, :, rows]))
                 h[:, :, rows] = h_new

@@ -13,6 +13,8 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
+from espnet_pate.ensemble.lockstep import start_batch
+
 
 @torch.no_grad()
 def greedy_each(ensemble, encs: Sequence[torch.Tensor], max_symbols_per_frame: int = 5) -> List[List[List[int]]]:
@@ -22,22 +24,15 @@ def greedy_each(ensemble, encs: Sequence[torch.Tensor], max_symbols_per_frame: i
     if not encs:
         return []
     ens, K, B = ensemble, ensemble.num_teachers, len(encs)
-    lengths = torch.tensor([e.shape[1] for e in encs])
-    enc = encs[0].new_zeros(K, B, int(lengths.max()), encs[0].shape[-1])
-    for b, e in enumerate(encs):
-        enc[:, b, : e.shape[1]] = e
-    enc_proj = ens.joint.project_encoder(enc)  # [K, B, T, J]
+    lengths, enc_proj, state, dec_proj = start_batch(ens, encs)  # enc_proj [K, B, T, J], dec_proj [K, B, J]
     blank = ens.blank_id
-    state = ens.decoder.init_state(B)
-    out, state = ens.decoder.step(torch.full((B,), blank, dtype=torch.long, device=enc.device), state)
-    dec_proj = ens.joint.project_decoder(out)  # [K, B, J]
-    t = torch.zeros(K, B, dtype=torch.long, device=enc.device)
+    t = torch.zeros(K, B, dtype=torch.long, device=enc_proj.device)
     sym = torch.zeros_like(t)
-    T = lengths.to(enc.device).expand(K, B)
+    T = lengths.to(enc_proj.device).expand(K, B)
     hyps: List[List[List[int]]] = [[[] for _ in range(K)] for _ in range(B)]
     active = t < T
     while bool(active.any()):
-        frame = t.clamp(max=enc.shape[2] - 1)
+        frame = t.clamp(max=enc_proj.shape[2] - 1)
         e = enc_proj.gather(2, frame[:, :, None, None].expand(K, B, 1, enc_proj.shape[-1])).squeeze(2)
         best = ens.joint.logits(e, dec_proj).argmax(dim=-1)  # [K, B]; ties to the lowest index
         emit = active & (best != blank)
