@@ -17,16 +17,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from espnet_pate.asr.joint_heads_train import load_train_config, train_teacher_heads
-from espnet_pate.data.kaldi_dir import KaldiDirError
+from espnet_pate.data.kaldi_dir import KaldiDirError, numbered_dirs
 
 
 def shard_dirs_in(path: Path, num: Optional[int] = None) -> list:
-    found = sorted((p for p in path.glob("shard_*") if p.is_dir() and p.name[6:].isdigit()),
-                   key=lambda p: int(p.name[6:]))
-    if not found:
-        raise FileNotFoundError(f"{path}: no shard_<k> directories (run stage 3's partition_data_dir first)")
-    if [int(p.name[6:]) for p in found] != list(range(len(found))):
-        raise FileNotFoundError(f"{path}: shard directories are not numbered 0..K-1")
+    found = numbered_dirs(path, "shard_", " (run stage 3's partition_data_dir first)")
     if num is not None:
         if num > len(found):
             raise FileNotFoundError(f"{path}: {len(found)} shards, {num} asked for")

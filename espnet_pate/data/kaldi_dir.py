@@ -122,3 +122,16 @@ def subset_kaldi_dir(src: KaldiDir, dest: os.PathLike | str, utt_ids: Iterable[s
         {u: s for u, s in src.utt2spk.items() if u in ids},
         {u: t for u, t in src.text.items() if u in ids} if src.text else None,
     )
+
+
+def numbered_dirs(path: os.PathLike | str, prefix: str, hint: str = "") -> List[Path]:
+    """``path/<prefix>0 .. <prefix>{K-1}`` in numeric order (teacher or shard directories); an error naming
+    ``path`` when there are none or the numbers have a gap."""
+    path = Path(path)
+    found = sorted((p for p in path.glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):].isdigit()),
+                   key=lambda p: int(p.name[len(prefix):]))
+    if not found:
+        raise FileNotFoundError(f"{path}: no {prefix}<k> directories{hint}")
+    if [int(p.name[len(prefix):]) for p in found] != list(range(len(found))):
+        raise FileNotFoundError(f"{path}: {prefix}<k> directories are not numbered 0..K-1: {[p.name for p in found]}")
+    return found

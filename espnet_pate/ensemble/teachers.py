@@ -40,14 +40,9 @@ _IGNORED = ("num_batches_tracked",)
 
 def teacher_dirs_in(path: os.PathLike | str) -> List[Path]:
     """``path/teacher_0 .. teacher_{K-1}`` (numeric order); each must hold config.yaml and the checkpoint."""
-    path = Path(path)
-    found = sorted((p for p in path.glob("teacher_*") if p.is_dir() and p.name[8:].isdigit()),
-                   key=lambda p: int(p.name[8:]))
-    if not found:
-        raise FileNotFoundError(f"{path}: no teacher_<k> directories")
-    if [int(p.name[8:]) for p in found] != list(range(len(found))):
-        raise FileNotFoundError(f"{path}: teacher directories are not numbered 0..K-1: {[p.name for p in found]}")
-    return found
+    from espnet_pate.data.kaldi_dir import numbered_dirs
+
+    return numbered_dirs(path, "teacher_")
 
 
 def load_model(model_dir: os.PathLike | str, device: str = "cpu", model_file: str = MODEL_FILE):
