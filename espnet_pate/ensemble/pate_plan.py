@@ -23,7 +23,9 @@ import numpy as np
 
 from espnet_pate.privacy.calibration import calibrate_confident_gnmax, calibrate_gnmax_sigma, calibrate_lnmax_scale
 from espnet_pate.privacy.mechanisms import ConfidentGNMax, GNMax, LNMax
-from espnet_pate.privacy.plurality import ThresholdedPlurality, calibrate_plurality, plan_queries, plurality_cost
+from espnet_pate.privacy.plurality import (
+    DELTA_SHARE, ThresholdedPlurality, calibrate_plurality, plan_queries, plurality_cost,
+)
 
 MECHANISMS = ("lnmax", "gnmax", "confident_gnmax", "plurality")
 LEVELS = ("token", "utterance")
@@ -35,7 +37,7 @@ NOISE_KEYS = {"gnmax": ("sigma",), "lnmax": ("laplace_scale",), "confident_gnmax
 ENTRY_DEFAULTS = {
     "level": "token", "vote": "hard", "delta": 1e-5, "stop_at_budget": True, "conversion": "improved",
     "max_symbols_per_frame": 5, "batch_size": 8, "nbest": 8, "beam_size": 8, "max_utterances": None, "seed": None,
-    "calibrate": None, "queries": None, "select": "first",
+    "calibrate": None, "queries": None, "select": "first", "threshold_delta_share": DELTA_SHARE,
 }
 
 
@@ -65,6 +67,7 @@ class RunSettings:
     calibration: Optional[dict] = None  # how the noise was chosen, when it was calibrated
     queries: Optional[int] = None  # plurality: the number of queries, fixed in advance
     select: str = "first"
+    threshold_delta_share: float = DELTA_SHARE  # plurality: the share of delta its threshold's Q beta may take
 
     def release_params(self) -> dict:
         """What identifies the release (everything that changes the labels or their accounting)."""
@@ -74,7 +77,9 @@ class RunSettings:
             out.pop("nbest"), out.pop("beam_size")
         elif self.mechanism != "plurality":
             out.pop("max_symbols_per_frame")
-        if self.mechanism == "plurality":
+        if self.mechanism != "plurality":
+            out.pop("threshold_delta_share"), out.pop("queries")
+        else:
             out.pop("nbest"), out.pop("beam_size"), out.pop("vote"), out.pop("stop_at_budget")
         return out
 
@@ -122,14 +127,15 @@ def _check_keys(name: str, merged: dict, mech: str) -> None:
             raise ConfigError(f"run {name}: {key} does not apply to {mech}")
 
 
-def _calibrate(name: str, mech: str, cal, target: float, delta: float, k: int, queries: Optional[int]) -> tuple:
+def _calibrate(name: str, mech: str, cal, target: float, delta: float, k: int, queries: Optional[int],
+               share: float = DELTA_SHARE) -> tuple:
     if mech == "plurality":
         if cal is not None:
             raise ConfigError(f"run {name}: plurality calibrates from target_eps and queries; drop 'calibrate'")
-        c = calibrate_plurality(target, delta, queries)
+        c = calibrate_plurality(target, delta, queries, delta_share=share)
         return {"sigma": c.sigma, "threshold": c.threshold}, {
             "queries": queries, "basis": "data-independent: sigma is the smallest that fits target_eps with these "
-            "queries; T = 1 + sigma PhiInv(1 - delta/(2Q)), so the threshold spends half of delta"}
+            f"queries; T = 1 + sigma PhiInv(1 - {share:g} delta/Q), so the threshold spends {share:g} of delta"}
     if not isinstance(cal, dict) or "planned_queries" not in cal:
         raise ConfigError(f"run {name}: calibrate needs {{planned_queries: N}} (data-independent calibration)")
     planned = int(cal["planned_queries"])
@@ -155,7 +161,8 @@ def _auto_queries(name: str, merged: dict, survey: Optional[Mapping], num_teache
         raise ConfigError(f"run {name}: the survey has {survey['num_teachers']} shadow teachers, the ensemble "
                           f"{num_teachers}: plan with as many shadow teachers as teachers")
     q, cost, expected = plan_queries(survey["plurality"]["top_counts"], float(merged["target_eps"]),
-                                     float(merged["delta"]), max_queries)
+                                     float(merged["delta"]), max_queries,
+                                     delta_share=float(merged["threshold_delta_share"]))
     surveyed = len(survey["plurality"]["top_counts"])
     return q, {"queries": q, "sigma": cost.sigma, "threshold": cost.threshold,
                "basis": f"queries: auto, planned from the shadow teachers' agreement on {surveyed} public "
@@ -200,7 +207,8 @@ def resolve_entry(name: str, entry: Mapping, defaults: Mapping, num_teachers: in
     calibration = None
     given = [v for v in noise.values() if v is not None]
     if merged.get("calibrate") is not None or (mech == "plurality" and not given):
-        noise, calibration = _calibrate(name, mech, merged.get("calibrate"), target, delta, num_teachers, queries)
+        noise, calibration = _calibrate(name, mech, merged.get("calibrate"), target, delta, num_teachers, queries,
+                                        float(merged["threshold_delta_share"]))
         calibration = planned or calibration
     missing = [key for key, v in noise.items() if v is None]
     if missing:
@@ -212,7 +220,7 @@ def resolve_entry(name: str, entry: Mapping, defaults: Mapping, num_teachers: in
         nbest=int(merged["nbest"]), beam_size=int(merged["beam_size"]),
         max_utterances=None if merged["max_utterances"] is None else int(merged["max_utterances"]),
         seed=None if merged["seed"] is None else int(merged["seed"]), calibration=calibration, queries=queries,
-        select=merged["select"])
+        select=merged["select"], threshold_delta_share=float(merged["threshold_delta_share"]))
     if mech == "plurality":
         try:
             cost = plurality_cost(noise["sigma"], noise["threshold"], queries, delta)
