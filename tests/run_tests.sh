@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Usage: tests/run_tests.sh [PYTEST_ARGS...]
-# Runs the test suite, including the end-to-end debug run of the recipe. On first use it sets up tools/venv and
-# the Debian packages (through path.sh), as ./run.sh does.
+# Runs the test suite in two layers: the fast unit tests first (`-m "not slow"`, a few minutes), then the
+# end-to-end debug run of the recipe (`-m slow`), which prints its stages as they start. On first use it sets up
+# tools/venv and the Debian packages (through path.sh), as ./run.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ./path.sh
-exec python -m pytest tests "$@"
+# A layer that selects nothing (e.g. with -k) is not a failure: pytest's exit status 5.
+layer() { python -m pytest tests "$@" || { local rc=$?; [ "$rc" -eq 5 ] || return "$rc"; }; }
+layer -m "not slow" "$@"
+layer -m slow "$@"

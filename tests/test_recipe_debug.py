@@ -15,18 +15,30 @@ NUM_TEACHERS = 4
 TEACHERS = f"teachers_head_k{NUM_TEACHERS}"  # run.sh's default trainable part
 
 
+pytestmark = pytest.mark.slow  # the second test layer: tests/run_tests.sh runs it after the fast one
+
+
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
+def recipe(tmp_path_factory, pytestconfig):
     work = tmp_path_factory.mktemp("recipe")
     dirs = {"datadir": work / "data", "dumpdir": work / "dump", "expdir": work / "exp"}
     args = [str(ROOT / "run.sh"), "--debug", "true", "--stage", "1", "--stop-stage", "9",
             "--num_teachers", str(NUM_TEACHERS)]
     for name, path in dirs.items():
         args += [f"--{name}", str(path)]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=3000)
-    (work / "run.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, f"run.sh failed; end of its output:\n{(proc.stdout + proc.stderr)[-5000:]}"
-    return {**dirs, "args": args, "log": proc.stdout}
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # the stages on the terminal as they start: minutes of silence otherwise
+        lines.append(line)
+        if ") Stage " in line:
+            with capture.global_and_fixture_disabled():
+                print(f"  [debug recipe] {line.split(') ', 1)[-1].rstrip()}", flush=True)
+    returncode = proc.wait(timeout=3000)
+    output = "".join(lines)
+    (work / "run.log").write_text(output)
+    assert returncode == 0, f"run.sh failed; end of its output:\n{output[-5000:]}"
+    return {**dirs, "args": args, "log": output}
 
 
 def wer(system_dir: Path, set_name: str) -> float:
