@@ -1,4 +1,4 @@
-"""Teacher heads trained together (espnet_pate.asr.joint_heads*): ESPnet's loss and optimiser, independence of
+"""Teacher heads trained together (espnet_pate.ensemble.joint_heads*): ESPnet's loss and optimiser, independence of
 teachers, resume, and outputs that ESPnet's Speech2Text and TeacherEnsemble load. Toy models: seconds."""
 from pathlib import Path
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from espnet_pate.asr.encoder_cache import encode_kaldi_dir, token_ids_fn
-from espnet_pate.asr.joint_heads import StackedAdam, StackedHeads, clip_per_teacher, make_batch, warmup_lr
-from espnet_pate.asr.joint_heads_train import CHECKPOINT, load_train_config, train_teacher_heads
+from espnet_pate.ensemble.encoder_cache import encode_kaldi_dir, token_ids_fn
+from espnet_pate.ensemble.joint_heads import StackedAdam, StackedHeads, clip_per_teacher, make_batch, warmup_lr
+from espnet_pate.ensemble.joint_heads_train import CHECKPOINT, load_train_config, train_teacher_heads
 from espnet_pate.ensemble.teachers import MODEL_FILE, TeacherEnsemble, load_model
 from espnet_pate.ensemble.toy import write_toy_data, write_toy_setup
 

@@ -26,6 +26,8 @@ from typing import Dict, List, Mapping, Tuple
 
 import yaml
 
+from espnet_pate.asr.decode import MODEL_FILE
+
 TOKEN_DIR = "data/token_list"
 STATS_DIR = "exp/asr_stats/train"
 
@@ -53,7 +55,7 @@ def referenced_files(config: Dict, config_path: Path) -> List[Tuple[Tuple[str, .
     return found
 
 
-def read_experiment(system_dir: os.PathLike | str, model_file: str = "valid.loss.ave.pth") -> Dict:
+def read_experiment(system_dir: os.PathLike | str, model_file: str = MODEL_FILE) -> Dict:
     """The training config of a trained experiment (config.yaml beside ``model_file``); a clear error naming the
     file that is missing or is not a config."""
     config_path, model = Path(system_dir) / "config.yaml", Path(system_dir) / model_file
@@ -72,7 +74,7 @@ def _set(config: Dict, keys: Tuple[str, ...], value: str) -> None:
     config[keys[-1]] = value
 
 
-def pack_experiment(system_dir: os.PathLike | str, out_zip: os.PathLike | str, model_file: str = "valid.loss.ave.pth",
+def pack_experiment(system_dir: os.PathLike | str, out_zip: os.PathLike | str, model_file: str = MODEL_FILE,
                     extra_files: Mapping[str, str] = ()) -> Path:
     """Pack ``system_dir`` into ``out_zip`` (replaced atomically); ``extra_files`` maps top-level names in the zip
     to their text."""

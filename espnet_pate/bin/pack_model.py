@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from espnet_pate.asr.decode import MODEL_FILE
 from espnet_pate.asr.model_pack import pack_experiment, read_experiment
 from espnet_pate.report.privacy_card import CARD_FILE, PackRefused, card_json, card_markdown, privacy_card
 
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="the zip to write (replaced)")
     p.add_argument("--ledger", default="exp/privacy_ledger.jsonl",
                    help="the privacy ledger of the sensitive set the system was trained on (default: %(default)s)")
-    p.add_argument("--model-file", default="valid.loss.ave.pth")
+    p.add_argument("--model-file", default=MODEL_FILE)
     p.add_argument("--allow-nonprivate", action="store_true",
                    help="pack a model trained on sensitive data without a privacy guarantee; its card says so")
     a = p.parse_args(argv)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from espnet_pate.asr.joint_heads_train import load_train_config, train_teacher_heads
+from espnet_pate.ensemble.joint_heads_train import load_train_config, train_teacher_heads
 from espnet_pate.data.kaldi_dir import KaldiDirError, numbered_dirs
 
 

@@ -22,10 +22,10 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import yaml
 
+from espnet_pate.asr.decode import MODEL_FILE  # what stage 7 decodes and the model zoo packs
 from espnet_pate.dpsgd.accounting import rdp_curve
 from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger, Release, file_sha256, make_release_id
 
-MODEL_FILE = "valid.loss.ave.pth"  # what stage 7 decodes and the model zoo packs
 REPORT_FILE = "dp_report.json"
 MECHANISM = "dpsgd"
 # the settings that make a run: its id does not move when a derived or cosmetic field is added to the plan

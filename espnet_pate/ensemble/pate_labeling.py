@@ -97,8 +97,7 @@ class _Context:
 
     def durations(self) -> Dict[str, float]:
         """Seconds of every public utterance, from the audio headers (public)."""
-        info = self._soundfile.info
-        return {u: info(p).frames / info(p).samplerate for u, p in self.wav_scp.items()}
+        return {u: self._soundfile.info(p).duration for u, p in self.wav_scp.items()}
 
     def load(self, utt: str) -> np.ndarray:
         speech, _ = self._soundfile.read(self.wav_scp[utt], dtype="float32")
@@ -138,6 +137,18 @@ class _Context:
             return self._cands[key]
 
         return get
+
+    def own_transcripts(self, utts: Sequence[str], max_symbols_per_frame: int = 5, batch_size: int = 8):
+        """(utterance, every teacher's own 1-best text, or None when too short), ``batch_size`` at a time."""
+        from espnet_pate.ensemble.own_transcripts import greedy_each
+
+        for start in range(0, len(utts), batch_size):
+            chunk = utts[start:start + batch_size]
+            encs = self.encode(chunk)
+            ok = [i for i, e in enumerate(encs) if e is not None]
+            hyps = dict(zip(ok, greedy_each(self.ens, [encs[i] for i in ok], max_symbols_per_frame)))
+            for i, u in enumerate(chunk):
+                yield u, ([self.detokenize(h) for h in hyps[i]] if i in hyps else None)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         if self._detok is None:
@@ -219,28 +230,22 @@ def _draw_noisy_max(ctx: _Context, s: RunSettings, aggregator, utts: List[str]) 
 
 
 def _draw_plurality(ctx: _Context, s: RunSettings, aggregator, utts: List[str]) -> dict:
-    from espnet_pate.ensemble.own_transcripts import agreement_counts, greedy_each
+    from espnet_pate.ensemble.own_transcripts import agreement_counts
 
     labels, outcomes, tops = {}, {"labelled": 0, "refused": 0, "too_short": 0}, []
-    for start in range(0, len(utts), s.batch_size):
-        chunk = utts[start:start + s.batch_size]
-        encs = ctx.encode(chunk)
-        ok = [i for i, e in enumerate(encs) if e is not None]
-        hyps = greedy_each(ctx.ens, [encs[i] for i in ok], s.max_symbols_per_frame)
-        texts = {chunk[i]: [ctx.detokenize(h) for h in per_teacher] for i, per_teacher in zip(ok, hyps)}
-        for u in chunk:
-            if u not in texts:
-                outcomes["too_short"] += 1  # asked and paid: no teacher output, nothing released
-                continue
-            tops.append(int(agreement_counts([texts[u]])[0]))
-            released = aggregator.release(texts[u])
-            if released is None:
-                outcomes["refused"] += 1
-            else:
-                labels[u] = released
-                outcomes["labelled"] += 1
-        log.info("%s: %d of %d queries asked, %d released", s.name, min(start + s.batch_size, len(utts)),
-                 len(utts), len(labels))
+    for n, (u, texts) in enumerate(ctx.own_transcripts(utts, s.max_symbols_per_frame, s.batch_size), 1):
+        if texts is None:
+            outcomes["too_short"] += 1  # asked and paid: no teacher output, nothing released
+            continue
+        tops.append(int(agreement_counts([texts])[0]))
+        released = aggregator.release(texts)
+        if released is None:
+            outcomes["refused"] += 1
+        else:
+            labels[u] = released
+            outcomes["labelled"] += 1
+        if n % s.batch_size == 0 or n == len(utts):
+            log.info("%s: %d of %d queries asked, %d released", s.name, n, len(utts), len(labels))
     cost = plurality_cost(s.noise["sigma"], s.noise["threshold"], len(utts), s.delta)
     pld = plurality_cost(s.noise["sigma"], s.noise["threshold"], len(utts), s.delta, accountant="pld")
     summ = cost.summary()
@@ -319,7 +324,7 @@ def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, 
     public and may size the settings; with the real teachers it describes the sensitive votes: an operator
     diagnostic that must never size a setting (PRIVACY.md)."""
     from espnet_pate.ensemble.lockstep import LockstepDecoder, NoiselessPlurality
-    from espnet_pate.ensemble.own_transcripts import agreement_counts, greedy_each
+    from espnet_pate.ensemble.own_transcripts import agreement_counts
     from espnet_pate.ensemble.utterance_vote import UtteranceVoter
 
     ctx = _Context(inputs, ensemble)
@@ -342,11 +347,8 @@ def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, 
                             "single_candidate (free)": len(utts) - res.queries.num_queries,
                             "all": agreement_histogram(res.queries.all_votes, K, True)}
     if "plurality" in levels:
-        encs = ctx.encode(utts)
-        ok = [i for i, e in enumerate(encs) if e is not None]
-        hyps = greedy_each(ctx.ens, [encs[i] for i in ok])
-        tops = agreement_counts([[ctx.detokenize(h) for h in per_teacher] for per_teacher in hyps])
-        out["plurality"] = {"queries": len(ok), "top_counts": tops.tolist(),
+        tops = agreement_counts([texts for _, texts in ctx.own_transcripts(utts) if texts is not None])
+        out["plurality"] = {"queries": len(tops), "top_counts": tops.tolist(),
                             "all": agreement_of_counts(tops, K)}
     return out
 

@@ -29,11 +29,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from espnet_pate.asr.decode import MODEL_FILE  # noqa: F401 -- the experiment layout, re-exported
 from espnet_pate.privacy.ledger import file_sha256
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "valid.loss.ave.pth"
 CONFIG_FILE = "config.yaml"
 _IGNORED = ("num_batches_tracked",)
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from espnet_pate.asr.encoder_cache import CachedUtt
+from espnet_pate.ensemble.encoder_cache import CachedUtt
 from espnet_pate.asr.rnnt_loss import RNNTLoss
 from espnet_pate.ensemble.teachers import StackedJoint, StackedRNNDecoder
 

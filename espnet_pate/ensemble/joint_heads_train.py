@@ -1,8 +1,8 @@
 """Training of K teacher heads in one process: epochs, per-teacher validation and selection, resume.
 
 ``train_teacher_heads(public_dir, shard_dirs, valid_dir, out_dir, config)`` encodes every utterance once with the
-frozen public encoder (espnet_pate.asr.encoder_cache), trains all heads together (espnet_pate.asr.joint_heads)
-and writes ``out_dir/teacher_<k>`` as ESPnet experiment directories (espnet_pate.asr.head_experiments).
+frozen public encoder (espnet_pate.ensemble.encoder_cache), trains all heads together (espnet_pate.ensemble.joint_heads)
+and writes ``out_dir/teacher_<k>`` as ESPnet experiment directories (espnet_pate.ensemble.head_experiments).
 
 Each teacher follows what ESPnet's trainer would do on its shard alone: its own batch order per epoch
 (``sorted`` batches shuffled by a generator seeded from (seed, epoch), as ESPnet's), Adam and WarmupLR with its own step
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import yaml
 
-from espnet_pate.asr.encoder_cache import encode_kaldi_dir, token_ids_fn
-from espnet_pate.asr.head_experiments import teacher_config, write_teacher_dir
-from espnet_pate.asr.joint_heads import (StackedAdam, StackedHeads, bucket_shape, clip_per_teacher, make_batch,
+from espnet_pate.ensemble.encoder_cache import encode_kaldi_dir, token_ids_fn
+from espnet_pate.ensemble.head_experiments import teacher_config, write_teacher_dir
+from espnet_pate.ensemble.joint_heads import (StackedAdam, StackedHeads, bucket_shape, clip_per_teacher, make_batch,
                                          sorted_batches, warmup_lr)
 from espnet_pate.ensemble.teachers import CONFIG_FILE, MODEL_FILE, load_model
 

@@ -15,6 +15,8 @@ from typing import Dict, List, Mapping
 import torch
 import yaml
 
+from espnet_pate.asr.decode import MODEL_FILE
+
 TRAINING_KEYS = ("batch_type", "batch_size", "max_epoch", "patience", "optim", "optim_conf", "scheduler",
                  "scheduler_conf", "grad_clip", "keep_nbest_models", "best_model_criterion", "seed", "freeze_param")
 
@@ -59,7 +61,7 @@ def write_teacher_dir(out_dir: os.PathLike | str, config: Mapping, public_state:
     n = len(best_heads)
     torch.save(full(best_heads[0]), out / "valid.loss.best.pth")
     torch.save(full(averaged(best_heads)), out / f"valid.loss.ave_{n}best.pth")
-    link = out / "valid.loss.ave.pth"
+    link = out / MODEL_FILE
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(f"valid.loss.ave_{n}best.pth")
