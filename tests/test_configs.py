@@ -4,18 +4,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-ARCH_KEYS = ("frontend", "frontend_conf", "encoder_conf", "decoder", "decoder_conf", "joint_network_conf")
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+# The shared conf/ and every corpus's own (egs2/<corpus>/pate1/conf; links into conf/ are checked there once).
+CONF_DIRS = [CONF] + sorted(p for p in REPO.glob("egs2/*/pate1/conf") if p.resolve() != CONF.resolve())
+ARCH_KEYS = ("frontend", "frontend_conf", "specaug", "specaug_conf", "encoder_conf", "decoder", "decoder_conf",
+             "joint_network_conf")
 
 
 def finetune_configs():
     # train_teacher_heads*.yaml hold training options only (the architecture is the public model's)
-    return sorted(p for p in CONF.glob("train_*.yaml") if not p.name.startswith(("train_pretrain", "train_teacher_heads")))
+    return sorted(p for d in CONF_DIRS for p in d.glob("train_*.yaml")
+                  if not p.is_symlink() and not p.name.startswith(("train_pretrain", "train_teacher_heads")))
 
 
-@pytest.mark.parametrize("path", finetune_configs(), ids=lambda p: p.name)
+def _name(p: Path) -> str:
+    return str(p.relative_to(REPO))
+
+
+@pytest.mark.parametrize("path", finetune_configs(), ids=_name)
 def test_architecture_matches_pretrain(path):
-    pretrain = CONF / ("train_pretrain_debug.yaml" if path.stem.endswith("_debug") else "train_pretrain.yaml")
+    pretrain = path.parent / ("train_pretrain_debug.yaml" if path.stem.endswith("_debug") else "train_pretrain.yaml")
     base, conf = yaml.safe_load(pretrain.read_text()), yaml.safe_load(path.read_text())
     for key in ARCH_KEYS:
         assert conf.get(key) == base.get(key), f"{path.name}: {key} differs from {pretrain.name}"
@@ -26,10 +35,18 @@ def test_every_teacher_choice_has_both_variants():
         assert (CONF / f"train_teacher_{part}.yaml").exists() and (CONF / f"train_teacher_{part}_debug.yaml").exists()
 
 
-@pytest.mark.parametrize("path", finetune_configs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("conf", CONF_DIRS, ids=_name)
+def test_every_corpus_has_the_configs_run_sh_reads(conf):
+    names = ["corpus", "train_pretrain", "train_teacher_full", "train_teacher_top", "train_teacher_head",
+             "train_teacher_heads", "train_student", "train_dpsgd", "pate", "privacy", "decode_transducer"]
+    missing = [n for n in names if not (conf / f"{n}.yaml").is_file()]
+    assert not missing, f"{_name(conf)} lacks {missing}"
+
+
+@pytest.mark.parametrize("path", finetune_configs(), ids=_name)
 def test_auxiliary_ctc_matches_pretrain(path):
     # The public checkpoint holds ctc_lin when the pretrain uses auxiliary CTC: a config without it cannot load it.
-    pretrain = CONF / ("train_pretrain_debug.yaml" if path.stem.endswith("_debug") else "train_pretrain.yaml")
+    pretrain = path.parent / ("train_pretrain_debug.yaml" if path.stem.endswith("_debug") else "train_pretrain.yaml")
     weight = yaml.safe_load(pretrain.read_text())["model_conf"].get("auxiliary_ctc_weight", 0.0)
     assert weight > 0
     assert yaml.safe_load(path.read_text())["model_conf"].get("auxiliary_ctc_weight", 0.0) == weight
