@@ -33,6 +33,8 @@
 #                              conf/pate.yaml, so that both methods compare at equal epsilon; debug "8")
 #   --token_type T             char | bpe: the token inventory, from public_labeled text only (default char)
 #   --nbpe N                   sentencepiece vocabulary size with --token_type bpe (default 100)
+#   --feats_normalize N        global_mvn (statistics of public_labeled, stage 2) | utterance_mvn (each utterance
+#                              by its own statistics: recordings from different microphones) (default global_mvn)
 #   --score_teachers N         stage 7 decodes the first N teachers of each teacher set (default 5)
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
 #   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
@@ -59,6 +61,7 @@ partition_unit=speaker
 dpsgd_eps=""
 token_type=char
 nbpe=100
+feats_normalize=global_mvn
 score_teachers=5
 student_text=""
 results=""
@@ -127,6 +130,7 @@ unfinished() {
 }
 
 train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --token_type $token_type --nbpe $nbpe --ngpu $ngpu"
+train_opts+=" --feats_normalize $feats_normalize"
 # train_asr OUTDIR CONFIG TRAIN_DIR [--init_param PTH]: one model, logged to OUTDIR/train.log.
 train_asr() {
   local outdir=$1 config=$2 train=$3; shift 3

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Usage: local/train_asr.sh --outdir DIR --config YAML --train DATA_DIR [--valid DATA_DIR] [--init_param PTH]
-#            [--token_type char|bpe] [--nbpe N] [--train_module espnet_pate.bin.asr_transducer_train]
+#            [--token_type char|bpe] [--nbpe N] [--feats_normalize global_mvn|utterance_mvn]
+#            [--train_module espnet_pate.bin.asr_transducer_train]
 #            [-- ESPNET_OPTIONS...]
 # Trains one ESPnet transducer model (by default ESPnet's task with torchaudio's RNN-T loss; DP-SGD uses
 # espnet_pate.bin.asr_transducer_dp_train) with stage 2's public token list of --token_type (default char) and
-# the public feature statistics, validating on --valid (default: dev). Skips a finished model (DIR/.done) and
-# resumes an interrupted one from its last checkpoint.
+# the public feature statistics (utterance_mvn: each utterance's own), validating on --valid (default: dev).
+# Skips a finished model (DIR/.done) and resumes an interrupted one from its last checkpoint.
 # Needs stage 2's outputs.
 set -euo pipefail
 outdir=""; config=""; train=""; valid=""; init_param=""; train_module=espnet_pate.bin.asr_transducer_train
-datadir=data; dumpdir=dump; expdir=exp; token_type=char; nbpe=100; ngpu=0
-help_message=$(sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//')
+datadir=data; dumpdir=dump; expdir=exp; token_type=char; nbpe=100; ngpu=0; feats_normalize=global_mvn
+help_message=$(sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//')
 extra=()
 for i in $(seq $#); do [ "${!i}" = "--" ] && { extra=("${@:i+1}"); set -- "${@:1:i-1}"; break; }; done
 . ./utils/parse_options.sh
@@ -30,10 +31,15 @@ for d in "$train" "$valid"; do
   [ -f "$(shape_of "$d")" ] || python -m espnet_pate.bin.make_shape_file "$d" "$(shape_of "$d")"
 done
 init=(); [ -n "$init_param" ] && init=(--init_param "$init_param")
+case "$feats_normalize" in
+  global_mvn) normalize=(--normalize global_mvn --normalize_conf "stats_file=${expdir}/asr_stats_public/train/feats_stats.npz") ;;
+  utterance_mvn) normalize=(--normalize utterance_mvn) ;;
+  *) echo "$0: --feats_normalize must be global_mvn or utterance_mvn, got '${feats_normalize}'" >&2; exit 1 ;;
+esac
 cmd=(python -m "$train_module"
   --config "$config" --output_dir "$outdir" --ngpu "$ngpu" --resume true
   "${token_opts[@]}" --token_list "${token_dir}/tokens.txt"
-  --normalize global_mvn --normalize_conf "stats_file=${expdir}/asr_stats_public/train/feats_stats.npz"
+  "${normalize[@]}"
   --train_data_path_and_name_and_type "${train}/wav.scp,speech,sound"
   --train_data_path_and_name_and_type "${train}/text,text,text"
   --train_shape_file "$shape"

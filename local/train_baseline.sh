@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Usage: local/train_baseline.sh --name NAME --nonprivate_config YAML --dpsgd_config YAML [--dp_unit U]
 #            [--ledger EXPDIR/privacy_ledger.jsonl --datadir data --dumpdir dump --expdir exp --token_type char|bpe
-#             --nbpe N --ngpu N]
+#             --nbpe N --ngpu N --feats_normalize global_mvn|utterance_mvn]
 # Trains one stage-6 baseline into EXPDIR/NAME, the public model fine-tuned on all of DATADIR/sensitive: without
 # DP (NAME = nonprivate), or with DP-SGD at target epsilon E (NAME = dpsgd_eps<E>: ESPnet's trainer with exact
 # per-example clipping, Poisson sampling and noise calibrated before training; the privacy unit is --dp_unit).
@@ -10,13 +10,14 @@
 # A name per job, so that run.sh can train the baselines in parallel; local/train_asr.sh skips a finished one.
 set -euo pipefail
 name=""; nonprivate_config=""; dpsgd_config=""; dp_unit=utterance; ledger=""
-datadir=data; dumpdir=dump; expdir=exp; token_type=char; nbpe=100; ngpu=0
+datadir=data; dumpdir=dump; expdir=exp; token_type=char; nbpe=100; ngpu=0; feats_normalize=global_mvn
 help_message=$(sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//')
 . ./utils/parse_options.sh
 [ -n "$name" ] && [ -n "$nonprivate_config" ] && [ -n "$dpsgd_config" ] || { echo "$help_message" >&2; exit 1; }
 
 common=(--outdir "${expdir}/${name}" --train "${datadir}/sensitive" --init_param "${expdir}/public_only/valid.loss.ave.pth"
-        --datadir "$datadir" --dumpdir "$dumpdir" --expdir "$expdir" --token_type "$token_type" --nbpe "$nbpe" --ngpu "$ngpu")
+        --datadir "$datadir" --dumpdir "$dumpdir" --expdir "$expdir" --token_type "$token_type" --nbpe "$nbpe" --ngpu "$ngpu"
+        --feats_normalize "$feats_normalize")
 case "$name" in
   nonprivate)
     exec local/train_asr.sh --config "$nonprivate_config" "${common[@]}" ;;

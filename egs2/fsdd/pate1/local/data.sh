@@ -19,15 +19,8 @@ out=${here}/data
 . "${here}/../../../db.sh"
 fsdd=${FSDD}
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --config) config="$2"; shift 2 ;;
-    --out) out="$2"; shift 2 ;;
-    --fsdd) fsdd="$2"; shift 2 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "$0: unknown option $1 (see $0 --help)" >&2; exit 1 ;;
-  esac
-done
+help_message=$(sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//')
+. "${here}/../../../utils/parse_options.sh"
 
 [ -d "$fsdd" ] || { echo "$0: FSDD folder '${fsdd}' not found: set FSDD in db.sh or pass --fsdd DIR" >&2; exit 1; }
 cmd="python -m espnet_pate.bin.prepare_fsdd --fsdd $fsdd --config $config --out $out"
