@@ -11,7 +11,7 @@
 set -euo pipefail
 outdir=""; config=""; train=""; valid=""; init_param=""; train_module=espnet_pate.bin.asr_transducer_train
 datadir=data; dumpdir=dump; expdir=exp; token_type=char; nbpe=100; ngpu=0; feats_normalize=global_mvn
-help_message=$(sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//')
+help_message=$(sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//')
 extra=()
 for i in $(seq $#); do [ "${!i}" = "--" ] && { extra=("${@:i+1}"); set -- "${@:1:i-1}"; break; }; done
 . ./utils/parse_options.sh
