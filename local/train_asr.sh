@@ -17,6 +17,11 @@ for i in $(seq $#); do [ "${!i}" = "--" ] && { extra=("${@:i+1}"); set -- "${@:1
 . ./utils/parse_options.sh
 [ -n "$outdir" ] && [ -n "$config" ] && [ -n "$train" ] || { echo "$help_message" >&2; exit 1; }
 [ -f "$outdir/.done" ] && { echo "skip $outdir (done)"; exit 0; }
+case "$feats_normalize" in
+  global_mvn) normalize=(--normalize global_mvn --normalize_conf "stats_file=${expdir}/asr_stats_public/train/feats_stats.npz") ;;
+  utterance_mvn) normalize=(--normalize utterance_mvn) ;;
+  *) echo "$0: --feats_normalize must be global_mvn or utterance_mvn, got '${feats_normalize}'" >&2; exit 1 ;;
+esac
 
 case "$token_type" in
   char) token_dir=${dumpdir}/token_list/char; token_opts=(--token_type char) ;;
@@ -31,11 +36,6 @@ for d in "$train" "$valid"; do
   [ -f "$(shape_of "$d")" ] || python -m espnet_pate.bin.make_shape_file "$d" "$(shape_of "$d")"
 done
 init=(); [ -n "$init_param" ] && init=(--init_param "$init_param")
-case "$feats_normalize" in
-  global_mvn) normalize=(--normalize global_mvn --normalize_conf "stats_file=${expdir}/asr_stats_public/train/feats_stats.npz") ;;
-  utterance_mvn) normalize=(--normalize utterance_mvn) ;;
-  *) echo "$0: --feats_normalize must be global_mvn or utterance_mvn, got '${feats_normalize}'" >&2; exit 1 ;;
-esac
 cmd=(python -m "$train_module"
   --config "$config" --output_dir "$outdir" --ngpu "$ngpu" --resume true
   "${token_opts[@]}" --token_list "${token_dir}/tokens.txt"

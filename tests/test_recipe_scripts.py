@@ -73,3 +73,13 @@ def test_debug_and_default_runs_never_share_outputs():
     out = subprocess.run(["./run.sh", "--debug", "true", "--stage", "6", "--stop-stage", "6"], cwd=ROOT,
                          capture_output=True, text=True)
     assert "exp_debug/public_only/.done is missing" in out.stdout  # not exp/: the default run's folder
+
+
+def test_train_asr_names_the_feature_normalisations_it_knows(tmp_path):
+    args = ["--outdir", str(tmp_path / "m"), "--config", "c.yaml", "--train", "d"]
+    out = subprocess.run(["local/train_asr.sh", *args, "--feats_normalize", "cmvn"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and "--feats_normalize must be global_mvn or utterance_mvn, got 'cmvn'" in out.stderr
+    out = subprocess.run(["local/train_asr.sh", *args, "--feats_normalize", "utterance_mvn",
+                          "--dumpdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and "tokens.txt" in out.stderr  # accepted: stops at the next missing input
