@@ -183,7 +183,8 @@ def write_set(name: str, utts: List[Utterance], out: Path, config: FsddConfig, k
         path = tmp_wav / f"{utt.utt_id}.wav"
         write_wav(path, render_utterance(utt, config.seed), SAMPLE_RATE)
         if name == "public_unlabeled_diff":
-            add_noise(path, Channel(noise="pink", snr_db=config.diff_snr_db), random.Random(f"{config.seed}/{utt.utt_id}"))
+            channel = Channel(noise="pink", snr_db=config.diff_snr_db)
+            add_noise(path, channel, random.Random(f"{config.seed}/{utt.utt_id}"))
             staged = path.with_suffix(".clean.wav")
             os.replace(path, staged)
             telephone(staged, path)

@@ -59,7 +59,8 @@ def load_config(path: os.PathLike | str) -> LibriConfig:
     if not (0 < config.sensitive_fraction and 0 <= config.unlabeled_fraction
             and config.sensitive_fraction + config.unlabeled_fraction < 1):
         raise ValueError(f"{path}: need 0 < sensitive_fraction, 0 <= unlabeled_fraction and their sum below 1 "
-                         f"(public_labeled gets the rest), got {config.sensitive_fraction}, {config.unlabeled_fraction}")
+                         "(public_labeled gets the rest), "
+                         f"got {config.sensitive_fraction}, {config.unlabeled_fraction}")
     return config
 
 
