@@ -143,10 +143,16 @@ fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "Stage 2: validation; token list (${token_type}) and feature statistics from public_labeled only"
   for s in $all_sets; do need "${datadir}/${s}/wav.scp" 1; done
+  # Transcripts must use the characters of the public token list once it exists, before that lowercase a-z,
+  # apostrophe and single spaces. Every directory is checked, then every problem of all of them stops the stage.
+  token_list_opt=(); [ -f "$token_list" ] && token_list_opt=(--token_list "$token_list")
+  invalid=""
   for s in $all_sets; do
     no_text=""; [[ $s == public_unlabeled* ]] && no_text=--no-text
-    ${python} -m espnet_pate.bin.validate_data_dir "${datadir}/${s}" --sample-rate 16000 $no_text
+    ${python} -m espnet_pate.bin.validate_data_dir "${datadir}/${s}" --sample-rate 16000 $no_text "${token_list_opt[@]}" \
+      || invalid+=" ${datadir}/${s}"
   done
+  [ -z "$invalid" ] || { log "error: invalid data directories:${invalid} (every problem is listed above)"; exit 1; }
   mkdir -p "$token_dir"
   run_step "${token_dir}/.done" ${python} -m espnet_pate.bin.train_tokenizer \
     --text "${datadir}/public_labeled/text" --token-type "$token_type" --vocab-size "$nbpe" --out-dir "$token_dir"
