@@ -7,12 +7,15 @@ the recipe's normalisation: lowercase a-z, apostrophe, words separated by single
 punctuation), which is what the embedded corpus writes (README, "Your own data").
 
 Audio length, checked per utterance:
-- MIN_SECONDS = 0.1: the encoder's convolutional input (10 ms frames, 4x subsampling) turns 0.1 s into 2 frames,
-  and anything below 0.06 s into none. Real recordings of a single word are longer (FSDD's spoken digits, cut
-  tightly at the word's edges: 0.14 s at the shortest).
-- MAX_CHARS_PER_SECOND = 40, counting spaces: about twice fast read speech (the synthetic corpus peaks at 22,
-  LibriSpeech-style reading averages about 15) and 1.45x the fastest real recording measured (FSDD's "three" in
-  0.18 s: 27.5). A transcript above it almost always belongs to another, longer utterance.
+- MIN_SECONDS = 0.1: the recipe's frontend and convolutional input (n_fft 512, 10 ms hop, 4x subsampling) turn
+  0.1 s into 2 encoder frames and 0.06 s into 1; below that ESPnet's training stops with an error (measured: a
+  10 ms utterance fails in the STFT's padding, 20-50 ms ones in the first 3x3 convolution). Real recordings of a
+  single word are longer (FSDD's spoken digits, cut tightly at the word's edges: 0.14 s at the shortest).
+- MAX_CHARS_PER_SECOND = 40, counting spaces: about twice fast read speech (reading at 150 words a minute is
+  about 14; the synthetic corpus measures 14 at the median, 22 at the most) and 1.45x the fastest real recording
+  measured (FSDD's "three" in 0.18 s: 27.5). A transcript above it almost always belongs to another, longer
+  utterance. (The transducer can emit several tokens per frame; the auxiliary CTC loss, at 25 encoder frames a
+  second, cannot align an utterance above about 25 characters a second and is zeroed for it, not failed.)
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import FrozenSet, Optional
 MIN_SECONDS = 0.1
 MAX_CHARS_PER_SECOND = 40.0
 DEFAULT_CHARACTERS = frozenset(string.ascii_lowercase + "' ")
-DEFAULT_RULE = "lowercase a-z, apostrophe and single spaces (README, 'Your own data')"
+DEFAULT_RULE = "the recipe's normalisation: lowercase a-z, apostrophe, single spaces; README, 'Your own data'"
 _SPACE_TOKENS = {"<space>": " ", "\u2581": " "}  # ESPnet's char tokenizer; sentencepiece's word boundary
 _LISTED = 8
 
