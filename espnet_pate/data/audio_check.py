@@ -3,8 +3,8 @@
 libsndfile (soundfile) reads a WAV file whose data chunk was cut short (an interrupted copy or download) without
 an error: it clamps the length to the bytes present, so the truncated recording looks valid and shorter. WAV
 headers are therefore read here and the data chunk's declared size compared with the bytes in the file. Other
-formats (FLAC, ...) are decoded to their end and the frames counted against the header's count; that reads all
-their audio, which costs about the time of one pass of feature extraction.
+formats (FLAC, ...) are read at their end: seeking to the last frames that the header claims fails, or reads
+fewer, when the file was cut (about 0.1 ms a file, where decoding a whole one takes 1 ms per 2 s of audio).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def audio_problem(entry: str, sample_rate: int) -> Tuple[Optional[str], float]:
         return f"{info.channels} channels, expected mono: {entry}", 0.0
     if info.frames <= 0:
         return f"audio has no samples: {entry}", 0.0
-    short = _wav_truncation(entry, sample_rate) if info.format == "WAV" else _decoded_truncation(entry, info)
+    short = _wav_truncation(entry, sample_rate) if info.format == "WAV" else _tail_truncation(entry, info.frames)
     if short:
         return f"{short}: {entry} (an interrupted copy? copy or convert it again)", 0.0
     return None, info.frames / info.samplerate
@@ -76,13 +76,15 @@ def _wav_truncation(path: str, sample_rate: int) -> Optional[str]:
                 f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
 
 
-def _decoded_truncation(path: str, info) -> Optional[str]:
-    frames = 0
+def _tail_truncation(path: str, frames: int) -> Optional[str]:
+    """'cannot read the end ...' or 'file is shorter ...' when the last frames the header claims are missing."""
+    tail = min(frames, 4096)
     try:
-        for block in soundfile.blocks(path, blocksize=1 << 16, dtype="int16"):
-            frames += len(block)
+        with soundfile.SoundFile(path) as f:
+            f.seek(frames - tail)
+            got = len(f.read(tail, dtype="int16"))
     except RuntimeError as e:
-        return f"cannot decode audio to its end ({e}); the header claims {info.frames} frames"
-    if frames < info.frames:
-        return f"file is shorter than its header claims: {info.frames} frames in the header, {frames} decoded"
+        return f"cannot read the end of the audio that the header claims ({frames} frames): {e}"
+    if got < tail:
+        return f"file is shorter than its header claims: {frames} frames in the header, {frames - tail + got} read"
     return None
