@@ -382,3 +382,13 @@ def test_template_conf_holds_every_config_run_sh_reads():
     assert {"corpus", "privacy", "pate_debug", "train_teacher_top_debug", "decode_transducer"} <= names
     for name in sorted(names):
         assert (TEMPLATE / "conf" / f"{name}.yaml").resolve().is_file(), name
+
+
+def test_every_bad_line_is_listed_once_without_knock_on_problems(data_dir):
+    rewrite(data_dir / "text", b"spkA-1 hello one", b"spkA-1 h\xe9llo one")
+    rewrite(data_dir / "text", b"spkB-0 hello zero\n", b"spkB-0 hello zero\nspkB-0 hello zero\n")
+    rewrite(data_dir / "utt2spk", b"spkB-2 spkB", b"spkB-2")
+    err = expect_error(data_dir, "text", 2, "UTF-8")
+    assert [(p.path.name, p.line) for p in err.problems] == [("text", 2), ("text", 5), ("utt2spk", 6)]
+    assert "duplicated id 'spkB-0' (first on line 4)" in str(err.problems[1])
+    assert "no value for key 'spkB-2'" in str(err.problems[2])

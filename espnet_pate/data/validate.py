@@ -95,8 +95,8 @@ def _read_tables(path: Path, require_text: bool, problems: List[KaldiDirError]) 
     tables: Dict[str, Optional[Table]] = {
         "wav.scp": _read(path / "wav.scp", problems),
         "utt2spk": _read(path / "utt2spk", problems),
-        "spk2utt": _read(path / "spk2utt", problems, missing_hint="make it from utt2spk: awk '{a[$2]=a[$2]\" \"$1} END {for "
-                         "(s in a) print s a[s]}' utt2spk | LC_ALL=C sort > spk2utt"),
+        "spk2utt": _read(path / "spk2utt", problems, missing_hint="make it from utt2spk: awk '{a[$2]=a[$2]\" \"$1} "
+                         "END {for (s in a) print s a[s]}' utt2spk | LC_ALL=C sort > spk2utt"),
         "text": None,
     }
     if require_text or (path / "text").exists():
