@@ -109,7 +109,8 @@ while :; do
   else
     errors=$((errors + 1)); [ "$errors" -lt 10 ] || die "squeue keeps failing for job ${job_id}: ${states}"
   fi
-  sleep "$delay"; delay=$((delay < 8 ? delay * 2 : 10))
+  sleep "$delay" & wait $!  # (a trap runs at once, not after the sleep)
+  delay=$((delay < 8 ? delay * 2 : 10))
 done
 
 # Each job's verdict is the exit code its log ends with (a shared file system may show it a little late).
