@@ -11,6 +11,8 @@
 # --num-threads and --num_threads are the same option. The job scripts and Slurm's own output of each job (what
 # went wrong before its log started) are under LOGDIR/q/. Interrupting this script cancels the job.
 set -euo pipefail
+# One block, read before it runs: this script waits for hours, and editing it meanwhile must not change the run.
+{
 me=utils/slurm.sh
 die() { echo "${me}: $*" >&2; exit 1; }
 usage() { sed -n '2,12p' "$0" >&2; exit 1; }
@@ -128,3 +130,5 @@ for k in "${!logs[@]}"; do
   fi
 done
 [ "$failed" -eq 0 ] || die "${failed} of ${num} jobs failed (Slurm job ${job_id})"
+exit 0
+}
