@@ -19,7 +19,8 @@
 # under exp/. Options:
 #   --stage N --stop-stage N   stages to run (default 1 and 9)
 #   --debug true|false         use conf/*_debug.yaml (default false)
-#   --nj N                     parallel jobs: teachers, students, decodings at once (default 2)
+#   --nj N                     parallel jobs: teachers, students, baselines, decodings at once (default 2); where
+#                              training jobs run: cmd.sh's cmd_backend (local, or slurm: conf/slurm.conf)
 #   --ngpu N                   GPUs per training job (default 0)
 #   --num_teachers K           teachers (default 40; debug 4)
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)

@@ -194,6 +194,22 @@ def test_interrupted_runner_cancels_its_job(cluster, tmp_path):
     assert set(states) == {"CANCELLED"}, states
 
 
+def test_job_that_slurm_kills_is_reported_as_failed(cluster, tmp_path):
+    proc = subprocess.Popen(["utils/slurm.sh", "JOB=1:2", str(tmp_path / "k.JOB.log"), "bash", "-c",
+                             "[ JOB = 2 ] || sleep 300"], cwd=ROOT, env=cluster["env"], stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "k.1.log"
+    for _ in range(120):
+        if log.exists() and "Running on" in log.read_text():
+            break
+        time.sleep(0.5)
+    task = job_id_in(log)
+    subprocess.run(["scancel", task], env=cluster["env"], check=True)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 1
+    assert f"job {task} ended without an exit code (killed by Slurm?), see {log}" in stderr, stderr
+    assert "k.2.log" not in stderr and "1 of 2 jobs failed" in stderr
+
+
 def test_unknown_resource_option_is_refused_before_submitting(cluster, tmp_path):
     out = slurm_sh(cluster, "--gpus_per_node", "2", str(tmp_path / "x.log"), "true")
     assert out.returncode == 1 and "--gpus_per_node 2: conf/slurm.conf has no 'option gpus_per_node=...'" in out.stderr

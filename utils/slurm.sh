@@ -62,7 +62,8 @@ done < <(sed 's/#.*//' <<< "$config_text")
 [ ${#submit[@]} -gt 0 ] || die "${config}: no 'command' line (e.g. command sbatch --export=PATH)"
 for name in "${!default[@]}"; do [ -n "${given[$name]+set}" ] || given[$name]=${default[$name]}; done
 logdir=$(dirname "$log_tpl"); base=$(basename "$log_tpl" .log); base=${base//${jobvar:-@@none@@}/@}
-[ -n "${given[name]+set}" ] || given[name]=${base//@/JOB}
+# the job's name in squeue: the log's (teacher.JOB), where the config names jobs
+[ -n "${given[name]+set}" ] || [ -z "${rule[name=*]+set}" ] || given[name]=${base//@/JOB}
 resources=()
 for name in $(printf '%s\n' "${!given[@]}" | sort); do
   value=${given[$name]}
@@ -77,13 +78,12 @@ done
 qdir=${logdir}/q
 mkdir -p "$qdir"
 script=${qdir}/${base//@/JOB}.sh
-spec=(); [ -n "$jobvar" ] && spec=("${jobvar}=\${SLURM_ARRAY_TASK_ID}")
 {
   echo "#!/usr/bin/env bash"
   echo "# Submitted by ${me}: $(printf '%q ' "${submit[@]}" "${resources[@]}")"
   printf 'cd %q\n' "$PWD"
   echo "[ ! -f ./path.sh ] || . ./path.sh"
-  printf 'exec %q' "${here}/run_local.sh"; [ -n "$jobvar" ] && printf ' "%s"' "${spec[0]}"
+  printf 'exec %q' "${here}/run_local.sh"; [ -z "$jobvar" ] || printf ' "%s=${SLURM_ARRAY_TASK_ID}"' "$jobvar"
   printf ' %q' "$log_tpl" "$@"; echo
 } > "$script"
 chmod +x "$script"
@@ -120,7 +120,7 @@ failed=0; num=${#logs[@]}
 for k in "${!logs[@]}"; do
   log=${logs[$k]}; task=$((start + k))
   for _ in 1 2 3 4 5; do grep -q '^# Ended (code ' "$log" 2>/dev/null && break; sleep 1; done
-  code=$(sed -n 's/^# Ended (code \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | tail -1)
+  code=$(sed -n 's/^# Ended (code \([0-9]*\)).*/\1/p' "$log" 2>/dev/null | tail -1) || true  # no log: no code
   if [ -z "$code" ]; then
     echo "${me}: job ${job_id}${jobvar:+_$task} ended without an exit code (killed by Slurm?), see ${log} and ${qdir}/${base//@/$task}.out" >&2
     failed=$((failed + 1))
