@@ -19,7 +19,8 @@
 # under exp/. Options:
 #   --stage N --stop-stage N   stages to run (default 1 and 9)
 #   --debug true|false         use conf/*_debug.yaml (default false)
-#   --nj N                     parallel jobs: teachers, students, decodings at once (default 2)
+#   --nj N                     parallel jobs: teachers, students, baselines, decodings at once (default 2); where
+#                              training jobs run: cmd.sh's cmd_backend (local, or slurm: conf/slurm.conf)
 #   --ngpu N                   GPUs per training job (default 0)
 #   --num_teachers K           teachers (default 40; debug 4)
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)
@@ -117,13 +118,17 @@ ledger=${expdir}/privacy_ledger.jsonl
 privacy_config=${conf_dir}/privacy${sfx}.yaml
 all_sets="public_labeled sensitive public_unlabeled public_unlabeled_diff dev test"
 
-# unfinished PREFIX NAME...: sets todo=(the NAMEs whose model ${expdir}/PREFIX<NAME> has no .done marker) and logs
-# the others as skipped. Parallel jobs get only unfinished models: a job's log would replace a finished one's.
+# unfinished LIST PREFIX NAME...: sets todo=(the NAMEs whose model PREFIX<NAME> has no .done marker), writes them
+# to LIST one a line, and logs the others as skipped. Parallel jobs get only unfinished models (a job's log would
+# replace a finished one's): `${train_cmd} JOB=1:${#todo[@]} LOG utils/run_listed.sh VAR LIST JOB ...` trains the
+# model on line JOB of LIST (cmd.sh's runners, like Kaldi's, number jobs 1..N).
 unfinished() {
-  local prefix=$1 n; shift; todo=()
+  local list=$1 prefix=$2 n; shift 2; todo=()
   for n in "$@"; do
-    if [ -f "${expdir}/${prefix}${n}/.done" ]; then log "skip (done: ${expdir}/${prefix}${n}/.done)"; else todo+=("$n"); fi
+    if [ -f "${prefix}${n}/.done" ]; then log "skip (done: ${prefix}${n}/.done)"; else todo+=("$n"); fi
   done
+  mkdir -p "$(dirname "$list")"
+  printf '%s\n' "${todo[@]}" > "$list"
 }
 
 train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --token_type $token_type --nbpe $nbpe --ngpu $ngpu"
@@ -132,7 +137,7 @@ train_asr() {
   local outdir=$1 config=$2 train=$3; shift 3
   [ -f "${outdir}/.done" ] && { log "skip (done: ${outdir}/.done)"; return 0; }
   log "train ${outdir}: local/train_asr.sh --outdir $outdir --config $config --train $train $train_opts $*"
-  ${train_cmd} "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" $train_opts "$@"
+  ${train_cmd} --gpu "$ngpu" "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" $train_opts "$@"
 }
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -199,11 +204,15 @@ train_teachers() {
       --out "$out" --config "${conf_dir}/train_teacher_heads${sfx}.yaml"
   else
     [ "$teacher_training" = espnet ] || log "--teacher_training joint trains heads only: ${teacher_trainable} teachers train with espnet"
-    # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
-    log "teachers: ${out}/teacher_{0..$((num_teachers - 1))} (logs: ${out}/log/)"
-    ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${out}/log/teacher.JOB.log" \
-      local/train_asr.sh --outdir "${out}/teacher_JOB" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
-        --train "${shards}/shard_JOB" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+    # Teachers train in parallel (--nj), the unfinished ones of teacher_0 .. teacher_{K-1} (named by their shard's
+    # index); an interrupted one resumes from its checkpoint.
+    unfinished "${out}/log/teacher_list" "${out}/teacher_" $(seq 0 $((num_teachers - 1)))
+    [ ${#todo[@]} -gt 0 ] || return 0
+    log "teachers: ${todo[*]/#/${out}/teacher_} (logs: ${out}/log/teacher.<k>.log)"
+    ${train_cmd} --max-jobs-run "$nj" --gpu "$ngpu" JOB=1:${#todo[@]} "${out}/log/train_teacher.JOB.log" \
+      utils/run_listed.sh TEACHER "${out}/log/teacher_list" JOB "${out}/log/teacher.TEACHER.log" \
+        local/train_asr.sh --outdir "${out}/teacher_TEACHER" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
+          --train "${shards}/shard_TEACHER" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
   fi
 }
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
@@ -273,13 +282,14 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
       "${datadir}/public_unlabeled" "$text" "${datadir}/student_${name}"
     names+=("$name")
   done
-  unfinished student_ "${names[@]}"
+  unfinished "${expdir}/log/student_list" "${expdir}/student_" "${names[@]}"
   if [ ${#todo[@]} -gt 0 ]; then
     # Students train in parallel (--nj); an interrupted one resumes from its checkpoint.
     log "students: ${todo[*]/#/${expdir}/student_} (logs: ${expdir}/student_*/train.log)"
-    ${train_cmd} --max-jobs-run "$nj" STUDENT="$(IFS=,; echo "${todo[*]}")" "${expdir}/student_STUDENT/train.log" \
-      local/train_asr.sh --outdir "${expdir}/student_STUDENT" --config "${conf_dir}/train_student${sfx}.yaml" \
-        --train "${datadir}/student_STUDENT" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+    ${train_cmd} --max-jobs-run "$nj" --gpu "$ngpu" JOB=1:${#todo[@]} "${expdir}/log/train_student.JOB.log" \
+      utils/run_listed.sh STUDENT "${expdir}/log/student_list" JOB "${expdir}/student_STUDENT/train.log" \
+        local/train_asr.sh --outdir "${expdir}/student_STUDENT" --config "${conf_dir}/train_student${sfx}.yaml" \
+          --train "${datadir}/student_STUDENT" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
   fi
   for text in "${texts[@]}"; do
     name=$(basename "$(dirname "$text")")
@@ -306,12 +316,13 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}; ledger ${ledger}"
   need "${expdir}/public_only/.done" 3
   ${python} -m espnet_pate.bin.privacy_ledger init --ledger "$ledger" --config "$privacy_config"
-  unfinished "" "${baselines[@]}"
+  unfinished "${expdir}/log/baseline_list" "${expdir}/" "${baselines[@]}"
   if [ ${#todo[@]} -gt 0 ]; then
     log "training in parallel (--nj ${nj}): ${todo[*]/#/${expdir}/} (logs: ${expdir}/<baseline>/train.log)"
-    ${train_cmd} --max-jobs-run "$nj" BASELINE="$(IFS=,; echo "${todo[*]}")" "${expdir}/BASELINE/train.log" \
-      local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_teacher_full${sfx}.yaml" \
-        --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" --ledger "$ledger" $train_opts
+    ${train_cmd} --max-jobs-run "$nj" --gpu "$ngpu" JOB=1:${#todo[@]} "${expdir}/log/train_baseline.JOB.log" \
+      utils/run_listed.sh BASELINE "${expdir}/log/baseline_list" JOB "${expdir}/BASELINE/train.log" \
+        local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_teacher_full${sfx}.yaml" \
+          --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" --ledger "$ledger" $train_opts
   fi
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
     --unit utterance --note "fine-tuned on all of sensitive without DP"
