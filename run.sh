@@ -257,11 +257,16 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     # The shadow teachers' noise-free agreement on public utterances: public, it plans `queries: auto`.
     run_step "${pate_dir}/.shadow_survey.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
       --shadow --teachers "$shadow_dir" --data "${datadir}/public_unlabeled" --out "$pate_dir" \
-      --public-model "${expdir}/public_only" --unit "$partition_unit"
+      --public-model "${expdir}/public_only" --unit "$partition_unit" --withheld-words "${datadir}/withheld_words.txt"
     cmd+=(--plan-survey "${pate_dir}/agreement_survey.json")
   fi
   log "run: ${cmd[*]}"
   "${cmd[@]}"
+  # Operator diagnostics, after the releases and never read by them: how the real teachers agree, split by
+  # whether the utterance holds a withheld word (${pate_dir}/operator_diagnostics/agreement_survey.json).
+  run_step "${pate_dir}/.operator_survey.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
+    --teachers "$teachers_dir" --data "${datadir}/public_unlabeled" --out "$pate_dir" \
+    --public-model "${expdir}/public_only" --unit "$partition_unit" --withheld-words "${datadir}/withheld_words.txt"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then

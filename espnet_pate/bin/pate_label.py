@@ -50,6 +50,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--survey", type=int, metavar="N",
                    help="instead of labelling: noise-free agreement of the teachers on N public utterances (token, "
                         "utterance and plurality level). Spends and releases nothing")
+    p.add_argument("--withheld-words", metavar="FILE",
+                   help="with --survey: also the agreement on public utterances whose true transcript (DATA/text, "
+                        "evaluation only) holds a word of FILE, and on as many without, shortest first")
+    p.add_argument("--withheld-utts", type=int, default=120, metavar="N",
+                   help="utterances of each kind for --withheld-words (default 120)")
     p.add_argument("--plan-survey", metavar="JSON",
                    help="the shadow teachers' survey (OUT/agreement_survey.json of a --survey --shadow run) that "
                         "plurality entries with queries: auto are planned from")
@@ -99,7 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.survey:
             from espnet_pate.ensemble.pate_labeling import agreement_survey
 
-            survey = agreement_survey(inputs, args.survey, shadow=args.shadow)
+            words = Path(args.withheld_words).read_text().split() if args.withheld_words else None
+            survey = agreement_survey(inputs, args.survey, shadow=args.shadow, withheld_words=words,
+                                      withheld_utts=args.withheld_utts)
             where = Path(args.out) if args.shadow else Path(args.out) / "operator_diagnostics"
             where.mkdir(parents=True, exist_ok=True)
             (where / "agreement_survey.json").write_text(json.dumps(survey, indent=1) + "\n")

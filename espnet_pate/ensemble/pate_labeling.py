@@ -318,9 +318,11 @@ def label_entry(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, seed: Opti
 
 def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, beam_size: int = 8,
                      levels: Sequence[str] = ("token", "utterance", "plurality"), ensemble=None,
-                     shadow: bool = False) -> dict:
+                     shadow: bool = False, withheld_words: Optional[Sequence[str]] = None,
+                     withheld_utts: int = 120) -> dict:
     """Noise-free agreement of the teachers on ``num_utts`` public utterances (evenly spread). Nothing is released
-    and nothing recorded. With shadow teachers (trained on shards of public data, ``shadow=True``) the result is
+    and nothing recorded. With ``withheld_words``, also the plurality's agreement on up to ``withheld_utts``
+    utterances whose true transcript (the data's text, evaluation only) holds one and as many without. With shadow teachers (trained on shards of public data, ``shadow=True``) the result is
     public and may size the settings; with the real teachers it describes the sensitive votes: an operator
     diagnostic that must never size a setting (PRIVACY.md)."""
     from espnet_pate.ensemble.lockstep import LockstepDecoder, NoiselessPlurality
@@ -350,6 +352,11 @@ def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, 
         tops = agreement_counts([texts for _, texts in ctx.own_transcripts(utts) if texts is not None])
         out["plurality"] = {"queries": len(tops), "top_counts": tops.tolist(),
                             "all": agreement_of_counts(tops, K)}
+    if withheld_words is not None:
+        from espnet_pate.ensemble.withheld_agreement import withheld_agreement
+
+        text = read_table(Path(inputs.data_dir) / "text")
+        out["withheld_agreement"] = withheld_agreement(ctx, text, withheld_words, withheld_utts)
     return out
 
 
