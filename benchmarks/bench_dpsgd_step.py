@@ -113,7 +113,7 @@ def main(argv=None):
     from espnet_pate.asr.rnnt_loss import RNNTLoss
     from espnet_pate.dpsgd.model_fixes import make_dp_exact, per_example_feats
     from espnet_pate.dpsgd.per_example import add_noise, clip_and_sum
-    from espnet_pate.dpsgd.trainer import DpSgdRuntime
+    from espnet_pate.dpsgd.step import DpSgdRuntime
 
     args = build_args(a.config, a.vocab)
     torch.manual_seed(0)
@@ -156,7 +156,7 @@ def main(argv=None):
 
     # breakdown of the DP step (same model and batch)
     b = Timer()
-    engine = rt._engine
+    engine = rt.engine
     sp, sl, tx, tl = batch["speech"], batch["speech_lengths"], batch["text"], batch["text_lengths"]
     for _ in range(max(1, a.rounds // 2)):
         with torch.no_grad():

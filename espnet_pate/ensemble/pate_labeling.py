@@ -34,7 +34,8 @@ from espnet_pate.ensemble.pate_report import OPERATOR_NOTE, agreement_histogram,
 from espnet_pate.privacy.accounting import RunCost, confident_gnmax_cost, gnmax_cost, lnmax_cost
 from espnet_pate.privacy.budget import PrivacyBudget
 from espnet_pate.privacy.conversion import eps_from_rdp
-from espnet_pate.privacy.ledger import PrivacyLedger, file_sha256
+from espnet_pate.privacy.digests import file_sha256
+from espnet_pate.privacy.ledger import PrivacyLedger
 from espnet_pate.privacy.orders import as_orders, orders_id
 from espnet_pate.privacy.plurality import plurality_cost
 

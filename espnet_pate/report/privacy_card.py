@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from espnet_pate.privacy.ledger import LedgerMissingError, PrivacyLedger, file_sha256
+from espnet_pate.privacy.digests import file_sha256
+from espnet_pate.privacy.ledger import LedgerMissingError, PrivacyLedger
 from espnet_pate.report.privacy_json import PRIVACY_FILE, PUBLIC_MECHANISMS, read_privacy_info
 
 CARD_FILE = "privacy_card.json"
