@@ -1,6 +1,6 @@
 """Time one DP-SGD step against one normal ESPnet training step, same model, same batch, side by side.
 
-    python benchmarks/bench_dpsgd_step.py                       # conf/train_pretrain.yaml model, batch 16
+    python benchmarks/bench_dpsgd_step.py                       # conf/model.yaml model, batch 16
     python benchmarks/bench_dpsgd_step.py --rounds 7 --json out.json
 
 Steps timed (train mode, Adam, the recipe's torchaudio RNN-T loss):
@@ -47,7 +47,11 @@ sys.path.insert(0, str(ROOT))
 def build_args(config: Path, vocab: int):
     from espnet2.tasks.asr_transducer import ASRTransducerTask
 
-    args = ASRTransducerTask.get_parser().parse_args(["--config", str(config)])
+    from espnet_pate.asr.train_config import resolve_config
+
+    parser = ASRTransducerTask.get_parser()
+    parser.set_defaults(**resolve_config(config))
+    args = parser.parse_args([])
     args.token_list = ["<blank>", "<unk>"] + [f"t{i}" for i in range(vocab - 3)] + ["<sos/eos>"]
     args.input_size = None
     args.normalize = "utterance_mvn"  # parameter-free, as global_mvn (stats files are recipe outputs)
@@ -95,7 +99,7 @@ class Timer:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=ROOT / "conf/train_pretrain.yaml")
+    p.add_argument("--config", type=Path, default=ROOT / "conf/model.yaml")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--vocab", type=int, default=102)
     p.add_argument("--rounds", type=int, default=5)
