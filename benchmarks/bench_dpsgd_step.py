@@ -19,13 +19,9 @@ The DP step is then broken down (features per utterance; vmap'd forward+backward
 The batch is synthetic with the corpus's shapes (1.5-4 s of 16 kHz audio, 10-35 tokens of a 102-token list), in
 random order (a Poisson batch is not length-sorted; both steps see the same padded batch).
 
-Measured 2026-11-28 on the shared 2-core CPU (1 thread, 9 alternating rounds, medians of process CPU time):
-normal 0.896 s, normal_fixed 0.761 s, dpsgd 1.035 s: DP-SGD / normal = 1.15x (1.18x wall; target <= 2.5x).
-Where the DP step's time goes: vmap'd per-example forward+backward 0.93 s (~89%: conformer, unrolled LSTM
-decoder, joint network and the pure-PyTorch log-space RNN-T loss, per example), clipping 0.08 s (norms and the
-weighted sum over 16 x 1.43M gradients), per-utterance features 0.03 s, noise 0.01 s, Adam 0.01 s.  The fixed
-model's normal step is faster than the stock one because exact masks give each utterance its own encoder length
-(the stock model runs every utterance's joint network and loss at the longest length).
+The figures are in README ("DP-SGD"). The fixed model's normal step can be faster than the stock one: exact
+masks give each utterance its own encoder length (the stock model runs every utterance's joint network and loss
+at the longest length).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from espnet2.utils.types import float_or_none, int_or_none, str_or_none
 from espnet_pate.dpsgd.accounting import ACCOUNTANTS
 from espnet_pate.dpsgd.model_fixes import CONV_NORMS
 from espnet_pate.dpsgd.per_example import METHODS
-from espnet_pate.dpsgd.sampler import SAMPLINGS, UNITS
+from espnet_pate.dpsgd.sampler import SAMPLINGS
+from espnet_pate.privacy.units import PRIVACY_UNITS
 
 __all__ = ["DP_OPTIONS", "add_dp_arguments", "coerce", "dp_options"]
 
@@ -39,7 +40,8 @@ DP_OPTIONS = (
              "with --dp_accountant)", nullable=True),
     DpOption("dp_delta", float, 1e-5, "delta of the (epsilon, delta) guarantee; must be below 1/N_units"),
     DpOption("dp_unit", str, "utterance",
-             "Privacy unit: utterance, or speaker (speakers sampled, each speaker's summed gradient clipped)", UNITS),
+             "Privacy unit: utterance, or speaker (speakers sampled, each speaker's summed gradient clipped)",
+             PRIVACY_UNITS),
     DpOption("dp_utt2spk", str, None,
              "utt2spk for --dp_unit speaker (default: utt2spk beside the first training file)", nullable=True),
     DpOption("dp_sampling", str, "poisson",

@@ -18,7 +18,8 @@ from typing import Dict, Optional, Tuple
 
 from espnet_pate.dpsgd.accounting import DpSgdAccountant, calibrate_noise, compute_epsilon
 from espnet_pate.dpsgd.options import coerce, dp_options
-from espnet_pate.dpsgd.sampler import DpIterFactory, build_units, read_keys, read_utt2spk
+from espnet_pate.data.kaldi_dir import read_table
+from espnet_pate.dpsgd.sampler import DpIterFactory, build_units
 
 __all__ = ["load_units", "noise_for_budget", "plan_dp", "quiet_absl", "spent_epsilon", "train_keys_file"]
 
@@ -78,8 +79,8 @@ def _utt2spk_file(args: argparse.Namespace, opts: Dict) -> str:
 def load_units(args: argparse.Namespace, opts: Optional[Dict] = None):
     """``(keys, unit_ids, unit_keys, utt2unit)`` of the training data for the chosen privacy unit."""
     opts = opts or dp_options(args)
-    keys = read_keys(train_keys_file(args))
-    utt2spk = read_utt2spk(_utt2spk_file(args, opts)) if opts["unit"] == "speaker" else None
+    keys = list(read_table(train_keys_file(args)))  # file order; a duplicated id raises
+    utt2spk = read_table(_utt2spk_file(args, opts)) if opts["unit"] == "speaker" else None
     unit_ids, unit_keys = build_units(keys, opts["unit"], utt2spk)
     utt2unit = {k: u for u, ks in zip(unit_ids, unit_keys) for k in ks}
     return keys, unit_ids, unit_keys, utt2unit

@@ -23,51 +23,26 @@ import numpy as np
 
 from espnet2.iterators.abs_iter_factory import AbsIterFactory
 
+from espnet_pate.privacy.units import PRIVACY_UNITS
+
 logger = logging.getLogger(__name__)
 
 SAMPLINGS = ("poisson", "shuffle")
-UNITS = ("utterance", "speaker")
 
 __all__ = [
     "SAMPLINGS",
-    "UNITS",
     "DpBatchSampler",
     "DpIterFactory",
     "build_units",
     "epoch_rng",
-    "read_keys",
-    "read_utt2spk",
 ]
-
-
-def read_keys(path) -> List[str]:
-    """First column of a Kaldi-style table (a shape file, wav.scp, text): the utterance ids, in file order."""
-    keys = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                keys.append(line.split(maxsplit=1)[0])
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{path}: duplicate utterance ids")
-    return keys
-
-
-def read_utt2spk(path) -> Dict[str, str]:
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 2:
-                out[parts[0]] = parts[1]
-    return out
 
 
 def build_units(keys: Sequence[str], unit: str, utt2spk: Optional[Dict[str, str]] = None
                 ) -> Tuple[List[str], List[List[str]]]:
     """``(unit_ids, utterances of each unit)`` in a deterministic order (sorted unit ids, utterances sorted)."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    if unit not in PRIVACY_UNITS:
+        raise ValueError(f"unit must be one of {PRIVACY_UNITS}, got {unit!r}")
     if unit == "utterance":
         ks = sorted(keys)
         return ks, [[k] for k in ks]
