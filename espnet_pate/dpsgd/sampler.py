@@ -35,6 +35,7 @@ __all__ = [
     "DpIterFactory",
     "build_units",
     "epoch_rng",
+    "epoch_seed_sequence",
 ]
 
 
@@ -58,12 +59,17 @@ def build_units(keys: Sequence[str], unit: str, utt2spk: Optional[Dict[str, str]
     return ids, [sorted(groups[s]) for s in ids]
 
 
+def epoch_seed_sequence(seed: int, epoch: int, stream: int) -> np.random.SeedSequence:
+    """The randomness of one epoch and stream of a run with a fixed seed: a function of (seed, epoch, stream)."""
+    seed = int(seed) % 2**64
+    return np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, int(epoch), stream])
+
+
 def epoch_rng(seed: Optional[int], epoch: int, stream: int) -> np.random.Generator:
     """numpy Generator for one epoch and stream: from (seed, epoch, stream), or OS entropy if seed is None."""
     if seed is None:
         return np.random.default_rng()
-    seed = int(seed) % 2**64
-    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, int(epoch), stream]))
+    return np.random.default_rng(epoch_seed_sequence(seed, epoch, stream))
 
 
 class DpBatchSampler:

@@ -15,12 +15,13 @@ import torch
 from espnet_pate.dpsgd.accounting import DpSgdAccountant
 from espnet_pate.dpsgd.per_example import Grads, PerExampleGradients, make_noise_generator
 from espnet_pate.dpsgd.plan import spent_epsilon
+from espnet_pate.dpsgd.sampler import epoch_seed_sequence
 
 logger = logging.getLogger(__name__)  # never the root logger before ESPnet's basicConfig
 
-NOISE_STREAM = 2  # the noise's own stream of a fixed --dp_seed (the sampler draws from others)
-# a resume with any of these changed composes two different noise segments (both paid, both listed)
-SEGMENT_KEYS = ("sample_rate", "noise_multiplier", "clip_norm", "unit", "sampling", "delta", "accountant",
+NOISE_STREAM = 2  # the noise's own stream of a fixed --dp_seed (the sampler's is DpBatchSampler.STREAM)
+# settings whose change on a resume is logged: the accountant composes the steps of both settings
+RESUME_CHECKED_KEYS = ("sample_rate", "noise_multiplier", "clip_norm", "unit", "sampling", "delta", "accountant",
                 "num_units")
 
 
@@ -47,7 +48,7 @@ class DpSgdRuntime:
         if old.get("unit", self.plan["unit"]) != self.plan["unit"]:
             raise RuntimeError(f"the checkpoint was trained with the {old.get('unit')} unit, this run uses "
                                f"{self.plan['unit']}: the two guarantees do not compose into one")
-        changed = [k for k in SEGMENT_KEYS if old.get(k) != self.plan.get(k)]
+        changed = [k for k in RESUME_CHECKED_KEYS if old.get(k) != self.plan.get(k)]
         if changed:
             logger.warning("DP-SGD resumed with different settings (%s): the accountant composes both, so the "
                            "final epsilon may exceed a target calibrated for this run alone",
@@ -62,12 +63,9 @@ class DpSgdRuntime:
             self.engine = PerExampleGradients(model, method=self.plan["per_example_method"])
         device = next(p for p in model.parameters()).device
         seed = self.plan.get("seed")
-        if seed is None:
-            self.generator = make_noise_generator(None, device=device)  # OS entropy
-        else:
-            seed = int(seed) % 2**64
-            ss = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, int(epoch), NOISE_STREAM])
-            self.generator = make_noise_generator(int(ss.generate_state(1, np.uint64)[0] >> 1), device=device)
+        if seed is not None:
+            seed = int(epoch_seed_sequence(seed, epoch, NOISE_STREAM).generate_state(1, np.uint64)[0] >> 1)
+        self.generator = make_noise_generator(seed, device=device)  # None: operating-system entropy
 
     def end_epoch(self, epoch: int) -> Dict[str, object]:
         entry = {"epoch": int(epoch), "steps": self.accountant.steps, "epsilon": self.epsilon()}
