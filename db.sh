@@ -1,2 +1,2 @@
-# Where corpora live (ESPnet convention). The default corpus is synthesised locally and needs no download.
-FSDD=${FSDD:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../shared/data/fsdd}
+# Where corpora live (ESPnet convention): one variable per downloaded corpus, for the egs2/<corpus> recipes that
+# read it. The default corpus is synthesised locally and needs no download.

@@ -178,7 +178,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   # audio would leak it. ESPnet also needs a validation set here; its statistics are not used.
   run_step "${stats_dir}/.done" ${train_cmd} "${stats_dir}/collect_stats.log" \
     ${python} -m espnet_pate.bin.asr_transducer_train --collect_stats true \
-      --config "${conf_dir}/train_pretrain${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
+      --config "${conf_dir}/model${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
       "${token_opts[@]}" --token_list "$token_list" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/wav.scp,speech,sound" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/text,text,text" \

@@ -26,9 +26,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from espnet_pate.ensemble.pate_labeling import ConfigError, Stage4Inputs, UNITS, run_stage4
+from espnet_pate.ensemble.pate_labeling import ConfigError, Stage4Inputs, run_stage4
 from espnet_pate.ensemble.teachers import teacher_dirs_in
 from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger, read_budget_config
+from espnet_pate.privacy.units import PRIVACY_UNITS
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger-config", help="its budget and delta (conf/privacy.yaml)")
     p.add_argument("--public-model", help="the public pretrained model (utterance-level candidates)")
     p.add_argument("--partition-manifest", help="manifest.json of the teachers' partition (gives the privacy unit)")
-    p.add_argument("--unit", choices=UNITS, help="privacy unit, when no manifest is given")
+    p.add_argument("--unit", choices=PRIVACY_UNITS, help="privacy unit, when no manifest is given")
     p.add_argument("--runs", nargs="+", help="run only these entries of the configuration")
     p.add_argument("--seed", type=int, help="fix the noise (reproducible experiment, NOT FOR RELEASE)")
     p.add_argument("--survey", type=int, metavar="N",
