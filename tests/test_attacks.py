@@ -189,3 +189,23 @@ def test_inversion_of_the_overfit_model_is_closer_to_the_original(setup):
     assert over["correlation"] > unseen["correlation"], (over["correlation"], unseen["correlation"])
     assert set(arrays) == {"original", "overfit", "unseen"}
     assert "never released" in record["speaker_classifier"]["note"]
+
+
+def test_likelihood_leaves_its_input_alone_through_global_mvn(tmp_path):
+    """ESPnet's GlobalMVN normalises in place without gradients: the features an inversion returns (and the
+    originals it is compared with) must stay log-mel, not the normalised copy."""
+    import torch
+
+    from espnet_pate.attacks.transducer_nll import nll_from_feats
+    from espnet_pate.ensemble.toy import build_toy_model, toy_args
+
+    stats = tmp_path / "feats_stats.npz"
+    np.savez(stats, count=np.array(100.0), sum=np.full(40, -1200.0), sum_square=np.full(40, 16000.0))
+    args = toy_args()
+    args.normalize, args.normalize_conf = "global_mvn", {"stats_file": str(stats)}
+    model = build_toy_model(0, args=args)
+    feats = torch.randn(1, 40, 40) - 12.0
+    before = feats.clone()
+    with torch.no_grad():
+        nll = nll_from_feats(model, feats, torch.tensor([3, 4, 5]))
+    assert torch.equal(feats, before) and torch.isfinite(nll)

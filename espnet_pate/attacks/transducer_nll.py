@@ -56,7 +56,8 @@ def nll_from_feats(model, feats: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
     lens = torch.tensor([feats.shape[1]])
     if model.normalize is not None:
-        feats, lens = model.normalize(feats, lens)
+        # ESPnet's GlobalMVN normalises in place when no gradient is needed: never the caller's tensor
+        feats, lens = model.normalize(feats.clone(), lens)
     enc, enc_lens = model.encoder(feats, lens)
     decoder_in, target, t_len, u_len = get_transducer_task_io(labels.reshape(1, -1), enc_lens,
                                                               ignore_id=model.ignore_id)
