@@ -146,6 +146,29 @@ def result(record, attack, unit):
 
 
 @pytest.mark.slow
+def test_the_statistic_is_espnets_own_transducer_loss(setup):
+    import soundfile
+    import torch
+
+    from espnet_pate.asr.rnnt_loss import RNNTLoss
+    from espnet_pate.attacks.transducer_nll import AuditedModel, utterance_nlls
+    from espnet_pate.data.kaldi_dir import read_kaldi_dir
+
+    audited = AuditedModel(setup["models"]["overfit"])
+    nlls = utterance_nlls(audited, setup["root"] / "members")
+    kdir = read_kaldi_dir(setup["root"] / "members")
+    audited.model.criterion_transducer = RNNTLoss(blank_id=0)
+    for utt in kdir.utt_ids[:3]:
+        speech = torch.as_tensor(soundfile.read(kdir.wav_scp[utt], dtype="float32")[0])[None]
+        labels = audited.token_ids(utt, kdir.text[utt])
+        with torch.no_grad():
+            stats = audited.model(speech, torch.tensor([speech.shape[1]]), labels[None],
+                                  torch.tensor([labels.numel()]))[1]
+        assert nlls[utt][0] == pytest.approx(float(stats["loss_transducer"]), rel=1e-4)
+        assert nlls[utt][1] == labels.numel()
+
+
+@pytest.mark.slow
 def test_members_of_an_overfit_model_are_found_and_its_false_claim_is_caught(setup):
     record = audit(setup, "overfit")
     for attack in ("loss", "lira"):
