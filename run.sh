@@ -343,7 +343,8 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   audit_dir=${expdir}/audit
   log "Stage 8: privacy audits of the released models under ${expdir} into ${audit_dir}"
   need "${expdir}/public_only/privacy.json" 3
-  need "${shadow_dir}/teacher_0/valid.loss.ave.pth" 3
+  [ -f "${shadow_dir}/teacher_0/valid.loss.ave.pth" ] || { log "error: LiRA's shadow models ${shadow_dir} are missing:" \
+    "run stage 3 with --shadow_teachers true"; exit 1; }
   run_step "${audit_dir}/membership/.done" ${python} -m espnet_pate.bin.audit_membership --exp-root "$expdir" \
     --members "${datadir}/sensitive" --nonmembers "${datadir}/test" --shadow-models "$shadow_dir" \
     --out "${audit_dir}/membership"
