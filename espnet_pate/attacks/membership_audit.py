@@ -8,7 +8,6 @@ held-out utterances of the same distribution that no model trained or selected c
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Dict, Sequence
 
 import numpy as np

@@ -20,7 +20,7 @@ from espnet_pate.ensemble.encoder_cache import token_ids_fn
 from espnet_pate.ensemble.joint_heads import BLANK
 from espnet_pate.ensemble.teachers import load_model
 
-__all__ = ["AuditedModel", "load_audited_model", "log_mel", "nll_from_feats", "utterance_nlls"]
+__all__ = ["AuditedModel", "log_mel", "nll_from_feats", "utterance_nlls"]
 
 
 class AuditedModel:
@@ -35,10 +35,6 @@ class AuditedModel:
 
     def token_ids(self, utt: str, text: str) -> torch.Tensor:
         return torch.as_tensor(np.asarray(self._tokenize(utt, text)), dtype=torch.long)
-
-
-def load_audited_model(model_dir: os.PathLike | str) -> AuditedModel:
-    return AuditedModel(model_dir)
 
 
 @torch.no_grad()

@@ -59,7 +59,8 @@ def main(argv=None):
     titles = {c: f"{c} ({kind_of(claims[c])})" for c in cols[1:]}
     record["figure"] = str(inversion_figure(arrays, cols, record["targets"][: a.figure_rows], out / FIGURE, titles))
     for name, m in record["models"].items():
-        m["kind"], m["epsilon"], m["unit"] = kind_of(claims[name]), claims[name].get("epsilon"), claims[name].get("unit")
+        claim = claims[name]
+        m["kind"], m["epsilon"], m["unit"] = kind_of(claim), claim.get("epsilon"), claim.get("unit")
     record["seconds"] = round(time.time() - start, 1)
     (out / "inversion.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"inversion: {len(systems)} models x {len(record['targets'])} utterances in {record['seconds']} s; "
