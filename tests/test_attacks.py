@@ -46,6 +46,16 @@ def test_bound_check_fails_loudly_on_a_constructed_violation():
     assert bound_for({"epsilon": math.inf, "unit": "utterance"}, "utterance", 8) is None
 
 
+def test_many_checks_widen_each_interval_so_a_correct_claim_rarely_stops_the_stage():
+    members, nonmembers = np.arange(100, 120.0), np.arange(0, 100.0)  # 20 of 20 found at 0 of 100 false
+    summary = roc.summarise(members, nonmembers, fprs=(0.01,), reps=20)
+    bound = bound_for({"epsilon": 2.5, "delta": 0.0, "unit": "speaker"}, "utterance", 8)
+    with pytest.raises(PrivacyBoundViolation):
+        check_bound(summary, bound, family=1)
+    rows = check_bound(summary, bound, family=56)  # Bonferroni over 56 checks: the same counts are not enough
+    assert rows[0]["ok"] and rows[0]["confidence"] == pytest.approx(1 - 0.05 / 56)
+
+
 def test_an_utterance_claim_bounds_speakers_by_group_privacy():
     b = bound_for({"epsilon": 0.5, "delta": 1e-6, "unit": "utterance"}, "speaker", 4)
     assert b["epsilon"] == 2.0 and b["delta"] == pytest.approx(4 * math.exp(1.5) * 1e-6)

@@ -18,7 +18,9 @@ from espnet_pate.attacks.nll_cache import cached_nlls
 from espnet_pate.data.kaldi_dir import read_kaldi_dir
 from espnet_pate.report.privacy_json import read_privacy_info
 
-__all__ = ["audit_model", "raise_on_violations"]
+__all__ = ["audit_model", "checks_per_model", "raise_on_violations"]
+
+UNITS = ("utterance", "speaker")
 
 
 def _scores(attack: str, target, shadows, utts: Sequence[str]) -> np.ndarray:
@@ -29,10 +31,12 @@ def _scores(attack: str, target, shadows, utts: Sequence[str]) -> np.ndarray:
 
 def audit_model(model_dir: os.PathLike | str, shadow_dirs: Sequence[os.PathLike | str],
                 member_dir: os.PathLike | str, nonmember_dir: os.PathLike | str, cache_dir: os.PathLike | str,
-                loaded: Dict | None = None, reps: int = 1000, seed: int = 0,
-                progress: Callable[[str], None] = print) -> Dict:
+                loaded: Dict | None = None, reps: int = 1000, seed: int = 0, alpha: float = 0.05,
+                family: int | None = None, progress: Callable[[str], None] = print) -> Dict:
     """The audit record of one model. An attack that beats the model's released claim is listed in
-    ``record["violations"]``: the caller writes the record, then fails (``raise_on_violations``)."""
+    ``record["violations"]``: the caller writes the record, then fails (``raise_on_violations``). The bound
+    checks hold a familywise error of ``alpha`` over ``family`` checks (default: this model's own; an audit of
+    several models passes their total, ``checks_per_model`` each)."""
     loaded = {} if loaded is None else loaded
     members, nonmembers = read_kaldi_dir(member_dir), read_kaldi_dir(nonmember_dir)
     overlap = set(members.utt2spk.values()) & set(nonmembers.utt2spk.values())
@@ -51,11 +55,12 @@ def audit_model(model_dir: os.PathLike | str, shadow_dirs: Sequence[os.PathLike 
     max_k = max(len(v) for v in members.spk2utt().values())
     record: Dict = {"system": str(model_dir), "claim": claim, "members": str(member_dir),
                     "nonmembers": str(nonmember_dir), "shadow_models": [str(s) for s in shadow_dirs],
+                    "bound_check": {"familywise_alpha": alpha, "family": family or checks_per_model()},
                     "results": [], "violations": []}
     for attack in membership.ATTACKS:
         s_mem = _scores(attack, target, shadows, utts["member"])
         s_non = _scores(attack, target, shadows, utts["nonmember"])
-        for unit in ("utterance", "speaker"):
+        for unit in UNITS:
             if unit == "speaker":
                 a = list(membership.speaker_scores(utts["member"], s_mem, utt2spk).values())
                 b = list(membership.speaker_scores(utts["nonmember"], s_non, utt2spk).values())
@@ -64,13 +69,17 @@ def audit_model(model_dir: os.PathLike | str, shadow_dirs: Sequence[os.PathLike 
             summary = roc.summarise(a, b, reps=reps, seed=seed)
             bound = bound_for(claim, unit, max_k)
             label = f"{model_dir}: {attack} attack at the {unit} level"
-            checks = bound_checks(summary, bound)
+            checks = bound_checks(summary, bound, alpha, family or checks_per_model())
             message = violation_message(checks, bound, label)
             if message:
                 record["violations"].append(message)
             record["results"].append({"attack": attack, "unit": unit, **summary, "bound": bound,
                                       "bound_checks": checks})
     return record
+
+
+def checks_per_model(fprs=roc.FPRS) -> int:
+    return len(membership.ATTACKS) * len(UNITS) * len(fprs)
 
 
 def raise_on_violations(records: Sequence[Dict]) -> None:

@@ -1,7 +1,8 @@
 """Per-utterance likelihoods of a model on a data set, computed once and kept under the audit directory.
 
 Shadow models score the same candidates for every audited model, so their likelihoods are kept in
-``<cache>/<model path with / as __>/<data set>.json``; an entry older than the model's checkpoint is recomputed.
+``<cache>/<model path with / as __>/<data set>.json``; an entry older than the model's checkpoint or the data
+set's wav.scp and text is recomputed.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def cached_nlls(model_dir: os.PathLike | str, data_dir: os.PathLike | str, cache
     """{utt: (NLL, tokens)} of ``model_dir`` on ``data_dir``; ``loaded`` keeps models loaded between calls."""
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     path = _cache_file(Path(cache_dir), model_dir, data_dir)
-    if path.exists() and path.stat().st_mtime >= (model_dir / MODEL_FILE).stat().st_mtime:
+    inputs = [model_dir / MODEL_FILE, data_dir / "wav.scp", data_dir / "text"]
+    if path.exists() and path.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
         return {u: (v[0], v[1]) for u, v in json.loads(path.read_text()).items()}
     if str(model_dir) not in loaded:
         loaded[str(model_dir)] = AuditedModel(model_dir)

@@ -10,7 +10,9 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-__all__ = ["auc", "tpr_at_fpr", "bootstrap_ci", "clopper_pearson", "OperatingPoint", "operating_point",
+FPRS = (0.01, 0.001)
+
+__all__ = ["FPRS", "auc", "tpr_at_fpr", "bootstrap_ci", "clopper_pearson", "OperatingPoint", "operating_point",
            "summarise"]
 
 
@@ -71,7 +73,7 @@ def bootstrap_ci(members: Sequence[float], nonmembers: Sequence[float], statisti
     return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
 
 
-def summarise(members: Sequence[float], nonmembers: Sequence[float], fprs=(0.01, 0.001), reps: int = 1000,
+def summarise(members: Sequence[float], nonmembers: Sequence[float], fprs=FPRS, reps: int = 1000,
               seed: int = 0) -> Dict:
     """AUC with its bootstrap interval; at each FPR the operating point with Clopper-Pearson intervals of its
     TPR and FPR (what the DP bound check uses) and a bootstrap interval of the TPR."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from espnet_pate.attacks.dp_bound import PrivacyBoundViolation
-from espnet_pate.attacks.membership_audit import audit_model, raise_on_violations
+from espnet_pate.attacks.membership_audit import audit_model, checks_per_model, raise_on_violations
 from espnet_pate.attacks.systems import audited_systems
 from espnet_pate.data.kaldi_dir import numbered_dirs
 
@@ -30,6 +30,8 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.05, help="familywise error of the DP bound checks over every "
+                   "model audited (Bonferroni): a correct claim stops the stage with at most this probability")
     a = p.parse_args(argv)
     shadows = numbered_dirs(a.shadow_models, "teacher_", " (run stage 3 with --shadow_teachers true)")
     systems = [Path(s) for s in a.systems] if a.systems else audited_systems(a.exp_root)
@@ -39,7 +41,8 @@ def main(argv=None):
     for system in systems:
         start = time.time()
         record = audit_model(system, shadows, a.members, a.nonmembers, out / "likelihoods", loaded,
-                             reps=a.bootstrap, seed=a.seed)
+                             reps=a.bootstrap, seed=a.seed, alpha=a.alpha,
+                             family=checks_per_model() * len(systems))
         record["seconds"] = round(time.time() - start, 1)
         (out / f"{system.name}.json").write_text(json.dumps(record, indent=1) + "\n")
         records.append(record)

@@ -30,6 +30,14 @@ def _ci(v, ci) -> str:
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _family(rec) -> str:
+    b = rec.get("bound_check")
+    if not b:
+        return "95% per check"
+    return f"{100 * (1 - b['familywise_alpha'] / b['family']):.3g}% per check ({b['family']} checks, familywise " \
+           f"{100 * (1 - b['familywise_alpha']):.3g}%)"
+
+
 def _bound(result) -> str:
     checks = result["bound_checks"]
     if all(c["ok"] is None for c in checks):
@@ -58,9 +66,9 @@ def membership_md(records: List[dict]) -> List[str]:
     lines += ["", f"Members: `{rec['members']}` (the sensitive training set); non-members: `{rec['nonmembers']}` "
               "(held-out speakers of the same distribution that no model trained on or chose checkpoints with). "
               f"LiRA: offline, {len(rec['shadow_models'])} shadow models trained on public data only. AUC intervals: "
-              "bootstrap; TPR intervals: Clopper-Pearson. The bound check compares the TPR's lower end with "
-              "e^eps times the FPR's upper end plus delta at each operating point (a necessary condition, not a "
-              "proof of privacy)."]
+              "bootstrap; TPR intervals: Clopper-Pearson (95%). The bound check compares the TPR's lower end with "
+              "e^eps times the FPR's upper end plus delta at each operating point, both at the Bonferroni level of "
+              f"{_family(rec)} (a necessary condition, not a proof of privacy)."]
     if unresolved:
         lines.append("† fewer non-members than 1/FPR: the threshold lies above every non-member, so the FPR "
                      "reached is 0 of that many, not the nominal one.")
