@@ -345,6 +345,12 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   need "${expdir}/public_only/privacy.json" 3
   [ -f "${shadow_dir}/teacher_0/valid.loss.ave.pth" ] || { log "error: LiRA's shadow models ${shadow_dir} are missing:" \
     "run stage 3 with --shadow_teachers true"; exit 1; }
+  # A model or claim newer than an audit's marker (a new student, a retrained baseline) means that audit reruns;
+  # likelihoods already computed are reused (exp/audit/membership/likelihoods/).
+  for marker in "${audit_dir}/membership/.done" "${audit_dir}/inversion/.done"; do
+    [ -f "$marker" ] && [ -n "$(find "$expdir" -mindepth 2 -maxdepth 2 \( -name valid.loss.ave.pth -o -name privacy.json \) \
+      -newer "$marker" -print -quit)" ] && { log "models changed since ${marker}: rerunning"; rm -f "$marker"; }
+  done
   run_step "${audit_dir}/membership/.done" ${python} -m espnet_pate.bin.audit_membership --exp-root "$expdir" \
     --members "${datadir}/sensitive" --nonmembers "${datadir}/test" --shadow-models "$shadow_dir" \
     --out "${audit_dir}/membership"
