@@ -14,6 +14,9 @@
 #   5  student training on pseudo-transcripts (or on --student_text)
 #   6  baselines on sensitive: DP-SGD at each --dpsgd_eps, and the non-private fine-tune
 #   7  decoding and scoring of every system on dev and test: exp/*/RESULTS.md and RESULTS.md
+#   8  privacy audits of every released model (operator diagnostics, never released): membership inference
+#      (loss attack, offline LiRA with the public shadow teachers; utterance and speaker level; fails when an
+#      attack beats a model's epsilon) and model inversion (conf/audit_inversion.yaml): exp/audit/RESULTS.md
 #   9  model-zoo zips of the released systems with their privacy card: exp/packed/<system>.zip (seconds)
 # A finished step leaves a .done marker; a rerun skips it. Every long step prints its exact command and logs
 # under exp/. Options:
@@ -353,6 +356,30 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   cmd+=($systems)
   log "run: ${cmd[*]}"
   "${cmd[@]}"
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  # Attacks on the sensitive data: their results (and the evaluation-only speaker classifier) are operator
+  # diagnostics in ${expdir}/audit/, kept apart from the released claims. Members: sensitive; non-members: test
+  # (dev validates the baselines and teachers, so it is not unseen). A violated bound stops here (exit 3).
+  audit_dir=${expdir}/audit
+  log "Stage 8: privacy audits of the released models under ${expdir} into ${audit_dir}"
+  need "${expdir}/public_only/privacy.json" 3
+  [ -f "${shadow_dir}/teacher_0/valid.loss.ave.pth" ] || { log "error: LiRA's shadow models ${shadow_dir} are missing:" \
+    "run stage 3 with --shadow_teachers true"; exit 1; }
+  # A model or claim newer than an audit's marker (a new student, a retrained baseline) means that audit reruns;
+  # likelihoods already computed are reused (exp/audit/membership/likelihoods/).
+  for marker in "${audit_dir}/membership/.done" "${audit_dir}/inversion/.done"; do
+    [ -f "$marker" ] && [ -n "$(find "$expdir" -mindepth 2 -maxdepth 2 \( -name valid.loss.ave.pth -o -name privacy.json \) \
+      -newer "$marker" -print -quit)" ] && { log "models changed since ${marker}: rerunning"; rm -f "$marker"; }
+  done
+  run_step "${audit_dir}/membership/.done" ${python} -m espnet_pate.bin.audit_membership --exp-root "$expdir" \
+    --members "${datadir}/sensitive" --nonmembers "${datadir}/test" --shadow-models "$shadow_dir" \
+    --out "${audit_dir}/membership"
+  run_step "${audit_dir}/inversion/.done" ${python} -m espnet_pate.bin.audit_inversion --exp-root "$expdir" \
+    --members "${datadir}/sensitive" --out "${audit_dir}/inversion" --config "${conf_dir}/audit_inversion${sfx}.yaml"
+  [ -n "$results" ] || { $debug && results=${expdir}/RESULTS.md || results=RESULTS.md; }
+  ${python} -m espnet_pate.bin.audit_report --audit-dir "$audit_dir" --results "$results"
 fi
 
 if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then

@@ -119,3 +119,15 @@ def test_stage9_packs_released_systems_only(recipe):
     packed = {p.stem for p in (recipe["expdir"] / "packed").glob("*.zip")}
     assert "public_only" in packed and any(p.startswith("student_") for p in packed)
     assert "nonprivate" not in packed and not any("teacher" in p for p in packed)
+
+
+def test_stage8_audits_every_released_model_apart_from_the_released_figures(recipe):
+    exp = recipe["expdir"]
+    audited = {p.stem for p in (exp / "audit" / "membership").glob("*.json")}
+    assert {"public_only", "nonprivate", "dpsgd_eps8"} <= audited and any(a.startswith("student_") for a in audited)
+    assert not any("teacher" in a for a in audited)
+    assert (exp / "audit" / "inversion" / "inversion.png").stat().st_size > 0
+    table = (exp / "RESULTS.md").read_text()
+    released, audit = table.split("## Privacy audits (operator diagnostics, not released)")
+    assert "| nonprivate | inf (utterance) | lira | speaker |" in audit and "lira" not in released
+    assert "never released" in (exp / "audit" / "RESULTS.md").read_text()
