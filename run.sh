@@ -14,12 +14,16 @@
 #   5  student training on pseudo-transcripts (or on --student_text)
 #   6  baselines on sensitive: DP-SGD at each --dpsgd_eps, and the non-private fine-tune
 #   7  decoding and scoring of every system on dev and test: exp/*/RESULTS.md and RESULTS.md
+#   8  privacy audits of every released model (operator diagnostics, never released): membership inference
+#      (loss attack, offline LiRA with the public shadow teachers; utterance and speaker level; fails when an
+#      attack beats a model's epsilon) and model inversion (conf/audit_inversion.yaml): exp/audit/RESULTS.md
 #   9  model-zoo zips of the released systems with their privacy card: exp/packed/<system>.zip (seconds)
 # A finished step leaves a .done marker; a rerun skips it. Every long step prints its exact command and logs
 # under exp/. Options:
 #   --stage N --stop-stage N   stages to run (default 1 and 9)
 #   --debug true|false         use conf/*_debug.yaml (default false)
-#   --nj N                     parallel jobs: teachers, students, decodings at once (default 2)
+#   --nj N                     parallel jobs: teachers, students, baselines, decodings at once (default 2); where
+#                              training jobs run: cmd.sh's cmd_backend (local, or slurm: conf/slurm.conf)
 #   --ngpu N                   GPUs per training job (default 0)
 #   --num_teachers K           teachers (default 40; debug 4)
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)
@@ -120,13 +124,17 @@ ledger=${expdir}/privacy_ledger.jsonl
 privacy_config=${conf_dir}/privacy${sfx}.yaml
 all_sets="public_labeled sensitive public_unlabeled public_unlabeled_diff dev test"
 
-# unfinished PREFIX NAME...: sets todo=(the NAMEs whose model ${expdir}/PREFIX<NAME> has no .done marker) and logs
-# the others as skipped. Parallel jobs get only unfinished models: a job's log would replace a finished one's.
+# unfinished LIST PREFIX NAME...: sets todo=(the NAMEs whose model PREFIX<NAME> has no .done marker), writes them
+# to LIST one a line, and logs the others as skipped. Parallel jobs get only unfinished models (a job's log would
+# replace a finished one's): `${train_cmd} JOB=1:${#todo[@]} LOG utils/run_listed.sh VAR LIST JOB ...` trains the
+# model on line JOB of LIST (cmd.sh's runners, like Kaldi's, number jobs 1..N).
 unfinished() {
-  local prefix=$1 n; shift; todo=()
+  local list=$1 prefix=$2 n; shift 2; todo=()
   for n in "$@"; do
-    if [ -f "${expdir}/${prefix}${n}/.done" ]; then log "skip (done: ${expdir}/${prefix}${n}/.done)"; else todo+=("$n"); fi
+    if [ -f "${prefix}${n}/.done" ]; then log "skip (done: ${prefix}${n}/.done)"; else todo+=("$n"); fi
   done
+  mkdir -p "$(dirname "$list")"
+  printf '%s\n' "${todo[@]}" > "$list"
 }
 
 train_opts="--datadir $datadir --dumpdir $dumpdir --expdir $expdir --token_type $token_type --nbpe $nbpe --ngpu $ngpu"
@@ -136,7 +144,7 @@ train_asr() {
   local outdir=$1 config=$2 train=$3; shift 3
   [ -f "${outdir}/.done" ] && { log "skip (done: ${outdir}/.done)"; return 0; }
   log "train ${outdir}: local/train_asr.sh --outdir $outdir --config $config --train $train $train_opts $*"
-  ${train_cmd} "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" $train_opts "$@"
+  ${train_cmd} --gpu "$ngpu" "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" $train_opts "$@"
 }
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -147,10 +155,16 @@ fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "Stage 2: validation; token list (${token_type}) and feature statistics from public_labeled only"
   for s in $all_sets; do need "${datadir}/${s}/wav.scp" 1; done
+  # Transcripts must use the characters of the public token list once it exists, before that lowercase a-z,
+  # apostrophe and single spaces. Every directory is checked, then every problem of all of them stops the stage.
+  token_list_opt=(); [ -f "$token_list" ] && token_list_opt=(--token_list "$token_list")
+  invalid=""
   for s in $all_sets; do
     no_text=""; [[ $s == public_unlabeled* ]] && no_text=--no-text
-    ${python} -m espnet_pate.bin.validate_data_dir "${datadir}/${s}" --sample-rate 16000 $no_text
+    ${python} -m espnet_pate.bin.validate_data_dir "${datadir}/${s}" --sample-rate 16000 $no_text "${token_list_opt[@]}" \
+      || invalid+=" ${datadir}/${s}"
   done
+  [ -z "$invalid" ] || { log "error: invalid data directories:${invalid} (every problem is listed above)"; exit 1; }
   mkdir -p "$token_dir"
   run_step "${token_dir}/.done" ${python} -m espnet_pate.bin.train_tokenizer \
     --text "${datadir}/public_labeled/text" --token-type "$token_type" --vocab-size "$nbpe" --out-dir "$token_dir"
@@ -171,7 +185,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   # audio would leak it. ESPnet also needs a validation set here; its statistics are not used.
   run_step "${stats_dir}/.done" ${train_cmd} "${stats_dir}/collect_stats.log" \
     ${python} -m espnet_pate.bin.asr_transducer_train --collect_stats true \
-      --config "${conf_dir}/train_pretrain${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
+      --config "${conf_dir}/model${sfx}.yaml" --output_dir "$stats_dir" --ngpu 0 \
       "${token_opts[@]}" --token_list "$token_list" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/wav.scp,speech,sound" \
       --train_data_path_and_name_and_type "${datadir}/public_labeled/text,text,text" \
@@ -197,11 +211,15 @@ train_teachers() {
       --out "$out" --config "${conf_dir}/train_teacher_heads${sfx}.yaml"
   else
     [ "$teacher_training" = espnet ] || log "--teacher_training joint trains heads only: ${teacher_trainable} teachers train with espnet"
-    # Teachers train in parallel (--nj); each resumes or skips on its own done marker.
-    log "teachers: ${out}/teacher_{0..$((num_teachers - 1))} (logs: ${out}/log/)"
-    ${train_cmd} --max-jobs-run "$nj" JOB=0:$((num_teachers - 1)) "${out}/log/teacher.JOB.log" \
-      local/train_asr.sh --outdir "${out}/teacher_JOB" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
-        --train "${shards}/shard_JOB" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+    # Teachers train in parallel (--nj), the unfinished ones of teacher_0 .. teacher_{K-1} (named by their shard's
+    # index); an interrupted one resumes from its checkpoint.
+    unfinished "${out}/log/teacher_list" "${out}/teacher_" $(seq 0 $((num_teachers - 1)))
+    [ ${#todo[@]} -gt 0 ] || return 0
+    log "teachers: ${todo[*]/#/${out}/teacher_} (logs: ${out}/log/teacher.<k>.log)"
+    ${train_cmd} --max-jobs-run "$nj" --gpu "$ngpu" JOB=1:${#todo[@]} "${out}/log/train_teacher.JOB.log" \
+      utils/run_listed.sh TEACHER "${out}/log/teacher_list" JOB "${out}/log/teacher.TEACHER.log" \
+        local/train_asr.sh --outdir "${out}/teacher_TEACHER" --config "${conf_dir}/train_teacher_${teacher_trainable}${sfx}.yaml" \
+          --train "${shards}/shard_TEACHER" --valid "$teacher_valid" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
   fi
 }
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
@@ -246,11 +264,16 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     # The shadow teachers' noise-free agreement on public utterances: public, it plans `queries: auto`.
     run_step "${pate_dir}/.shadow_survey.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
       --shadow --teachers "$shadow_dir" --data "${datadir}/public_unlabeled" --out "$pate_dir" \
-      --public-model "${expdir}/public_only" --unit "$partition_unit"
+      --public-model "${expdir}/public_only" --unit "$partition_unit" --withheld-words "${datadir}/withheld_words.txt"
     cmd+=(--plan-survey "${pate_dir}/agreement_survey.json")
   fi
   log "run: ${cmd[*]}"
   "${cmd[@]}"
+  # Operator diagnostics, after the releases and never read by them: how the real teachers agree, split by
+  # whether the utterance holds a withheld word (${pate_dir}/operator_diagnostics/agreement_survey.json).
+  run_step "${pate_dir}/.operator_survey.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
+    --teachers "$teachers_dir" --data "${datadir}/public_unlabeled" --out "$pate_dir" \
+    --public-model "${expdir}/public_only" --unit "$partition_unit" --withheld-words "${datadir}/withheld_words.txt"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
@@ -271,13 +294,14 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
       "${datadir}/public_unlabeled" "$text" "${datadir}/student_${name}"
     names+=("$name")
   done
-  unfinished student_ "${names[@]}"
+  unfinished "${expdir}/log/student_list" "${expdir}/student_" "${names[@]}"
   if [ ${#todo[@]} -gt 0 ]; then
     # Students train in parallel (--nj); an interrupted one resumes from its checkpoint.
     log "students: ${todo[*]/#/${expdir}/student_} (logs: ${expdir}/student_*/train.log)"
-    ${train_cmd} --max-jobs-run "$nj" STUDENT="$(IFS=,; echo "${todo[*]}")" "${expdir}/student_STUDENT/train.log" \
-      local/train_asr.sh --outdir "${expdir}/student_STUDENT" --config "${conf_dir}/train_student${sfx}.yaml" \
-        --train "${datadir}/student_STUDENT" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
+    ${train_cmd} --max-jobs-run "$nj" --gpu "$ngpu" JOB=1:${#todo[@]} "${expdir}/log/train_student.JOB.log" \
+      utils/run_listed.sh STUDENT "${expdir}/log/student_list" JOB "${expdir}/student_STUDENT/train.log" \
+        local/train_asr.sh --outdir "${expdir}/student_STUDENT" --config "${conf_dir}/train_student${sfx}.yaml" \
+          --train "${datadir}/student_STUDENT" --init_param "${expdir}/public_only/valid.loss.ave.pth" $train_opts
   fi
   for text in "${texts[@]}"; do
     name=$(basename "$(dirname "$text")")
@@ -304,12 +328,13 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}; ledger ${ledger}"
   need "${expdir}/public_only/.done" 3
   ${python} -m espnet_pate.bin.privacy_ledger init --ledger "$ledger" --config "$privacy_config"
-  unfinished "" "${baselines[@]}"
+  unfinished "${expdir}/log/baseline_list" "${expdir}/" "${baselines[@]}"
   if [ ${#todo[@]} -gt 0 ]; then
     log "training in parallel (--nj ${nj}): ${todo[*]/#/${expdir}/} (logs: ${expdir}/<baseline>/train.log)"
-    ${train_cmd} --max-jobs-run "$nj" BASELINE="$(IFS=,; echo "${todo[*]}")" "${expdir}/BASELINE/train.log" \
-      local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_teacher_full${sfx}.yaml" \
-        --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" --ledger "$ledger" $train_opts
+    ${train_cmd} --max-jobs-run "$nj" --gpu "$ngpu" JOB=1:${#todo[@]} "${expdir}/log/train_baseline.JOB.log" \
+      utils/run_listed.sh BASELINE "${expdir}/log/baseline_list" JOB "${expdir}/BASELINE/train.log" \
+        local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_teacher_full${sfx}.yaml" \
+          --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" --ledger "$ledger" $train_opts
   fi
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
     --unit utterance --note "fine-tuned on all of sensitive without DP"
@@ -335,6 +360,30 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   cmd+=($systems)
   log "run: ${cmd[*]}"
   "${cmd[@]}"
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  # Attacks on the sensitive data: their results (and the evaluation-only speaker classifier) are operator
+  # diagnostics in ${expdir}/audit/, kept apart from the released claims. Members: sensitive; non-members: test
+  # (dev validates the baselines and teachers, so it is not unseen). A violated bound stops here (exit 3).
+  audit_dir=${expdir}/audit
+  log "Stage 8: privacy audits of the released models under ${expdir} into ${audit_dir}"
+  need "${expdir}/public_only/privacy.json" 3
+  [ -f "${shadow_dir}/teacher_0/valid.loss.ave.pth" ] || { log "error: LiRA's shadow models ${shadow_dir} are missing:" \
+    "run stage 3 with --shadow_teachers true"; exit 1; }
+  # A model or claim newer than an audit's marker (a new student, a retrained baseline) means that audit reruns;
+  # likelihoods already computed are reused (exp/audit/membership/likelihoods/).
+  for marker in "${audit_dir}/membership/.done" "${audit_dir}/inversion/.done"; do
+    [ -f "$marker" ] && [ -n "$(find "$expdir" -mindepth 2 -maxdepth 2 \( -name valid.loss.ave.pth -o -name privacy.json \) \
+      -newer "$marker" -print -quit)" ] && { log "models changed since ${marker}: rerunning"; rm -f "$marker"; }
+  done
+  run_step "${audit_dir}/membership/.done" ${python} -m espnet_pate.bin.audit_membership --exp-root "$expdir" \
+    --members "${datadir}/sensitive" --nonmembers "${datadir}/test" --shadow-models "$shadow_dir" \
+    --out "${audit_dir}/membership"
+  run_step "${audit_dir}/inversion/.done" ${python} -m espnet_pate.bin.audit_inversion --exp-root "$expdir" \
+    --members "${datadir}/sensitive" --out "${audit_dir}/inversion" --config "${conf_dir}/audit_inversion${sfx}.yaml"
+  [ -n "$results" ] || { $debug && results=${expdir}/RESULTS.md || results=RESULTS.md; }
+  ${python} -m espnet_pate.bin.audit_report --audit-dir "$audit_dir" --results "$results"
 fi
 
 if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then

@@ -1,6 +1,6 @@
 """Time one DP-SGD step against one normal ESPnet training step, same model, same batch, side by side.
 
-    python benchmarks/bench_dpsgd_step.py                       # conf/train_pretrain.yaml model, batch 16
+    python benchmarks/bench_dpsgd_step.py                       # conf/model.yaml model, batch 16
     python benchmarks/bench_dpsgd_step.py --rounds 7 --json out.json
 
 Steps timed (train mode, Adam, the recipe's torchaudio RNN-T loss):
@@ -19,13 +19,9 @@ The DP step is then broken down (features per utterance; vmap'd forward+backward
 The batch is synthetic with the corpus's shapes (1.5-4 s of 16 kHz audio, 10-35 tokens of a 102-token list), in
 random order (a Poisson batch is not length-sorted; both steps see the same padded batch).
 
-Measured 2026-11-28 on the shared 2-core CPU (1 thread, 9 alternating rounds, medians of process CPU time):
-normal 0.896 s, normal_fixed 0.761 s, dpsgd 1.035 s: DP-SGD / normal = 1.15x (1.18x wall; target <= 2.5x).
-Where the DP step's time goes: vmap'd per-example forward+backward 0.93 s (~89%: conformer, unrolled LSTM
-decoder, joint network and the pure-PyTorch log-space RNN-T loss, per example), clipping 0.08 s (norms and the
-weighted sum over 16 x 1.43M gradients), per-utterance features 0.03 s, noise 0.01 s, Adam 0.01 s.  The fixed
-model's normal step is faster than the stock one because exact masks give each utterance its own encoder length
-(the stock model runs every utterance's joint network and loss at the longest length).
+The figures are in README ("DP-SGD"). The fixed model's normal step can be faster than the stock one: exact
+masks give each utterance its own encoder length (the stock model runs every utterance's joint network and loss
+at the longest length).
 """
 
 from __future__ import annotations
@@ -47,7 +43,11 @@ sys.path.insert(0, str(ROOT))
 def build_args(config: Path, vocab: int):
     from espnet2.tasks.asr_transducer import ASRTransducerTask
 
-    args = ASRTransducerTask.get_parser().parse_args(["--config", str(config)])
+    from espnet_pate.asr.train_config import resolve_config
+
+    parser = ASRTransducerTask.get_parser()
+    parser.set_defaults(**resolve_config(config))
+    args = parser.parse_args([])
     args.token_list = ["<blank>", "<unk>"] + [f"t{i}" for i in range(vocab - 3)] + ["<sos/eos>"]
     args.input_size = None
     args.normalize = "utterance_mvn"  # parameter-free, as global_mvn (stats files are recipe outputs)
@@ -95,7 +95,7 @@ class Timer:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=ROOT / "conf/train_pretrain.yaml")
+    p.add_argument("--config", type=Path, default=ROOT / "conf/model.yaml")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--vocab", type=int, default=102)
     p.add_argument("--rounds", type=int, default=5)
@@ -113,7 +113,7 @@ def main(argv=None):
     from espnet_pate.asr.rnnt_loss import RNNTLoss
     from espnet_pate.dpsgd.model_fixes import make_dp_exact, per_example_feats
     from espnet_pate.dpsgd.per_example import add_noise, clip_and_sum
-    from espnet_pate.dpsgd.trainer import DpSgdRuntime
+    from espnet_pate.dpsgd.step import DpSgdRuntime
 
     args = build_args(a.config, a.vocab)
     torch.manual_seed(0)
@@ -156,7 +156,7 @@ def main(argv=None):
 
     # breakdown of the DP step (same model and batch)
     b = Timer()
-    engine = rt._engine
+    engine = rt.engine
     sp, sl, tx, tl = batch["speech"], batch["speech_lengths"], batch["text"], batch["text_lengths"]
     for _ in range(max(1, a.rounds // 2)):
         with torch.no_grad():

@@ -6,12 +6,13 @@
 # Trains one ESPnet transducer model (by default ESPnet's task with torchaudio's RNN-T loss; DP-SGD uses
 # espnet_pate.bin.asr_transducer_dp_train) with stage 2's public token list of --token_type (default char) and
 # the public feature statistics (utterance_mvn: each utterance's own), validating on --valid (default: dev).
-# Skips a finished model (DIR/.done) and resumes an interrupted one from its last checkpoint.
-# Needs stage 2's outputs.
+# --config is a role config resolved over its base_config (conf/model.yaml) into DIR/train_config.yaml, the one
+# file ESPnet's --config takes. Skips a finished model (DIR/.done) and resumes an interrupted one from its last
+# checkpoint. Needs stage 2's outputs.
 set -euo pipefail
 outdir=""; config=""; train=""; valid=""; init_param=""; train_module=espnet_pate.bin.asr_transducer_train
 datadir=data; dumpdir=dump; expdir=exp; token_type=char; nbpe=100; ngpu=0; feats_normalize=global_mvn
-help_message=$(sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//')
+help_message=$(sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//')
 extra=()
 for i in $(seq $#); do [ "${!i}" = "--" ] && { extra=("${@:i+1}"); set -- "${@:1:i-1}"; break; }; done
 . ./utils/parse_options.sh
@@ -36,8 +37,10 @@ for d in "$train" "$valid"; do
   [ -f "$(shape_of "$d")" ] || python -m espnet_pate.bin.make_shape_file "$d" "$(shape_of "$d")"
 done
 init=(); [ -n "$init_param" ] && init=(--init_param "$init_param")
+mkdir -p "$outdir"
+python -m espnet_pate.bin.resolve_config "$config" "${outdir}/train_config.yaml"
 cmd=(python -m "$train_module"
-  --config "$config" --output_dir "$outdir" --ngpu "$ngpu" --resume true
+  --config "${outdir}/train_config.yaml" --output_dir "$outdir" --ngpu "$ngpu" --resume true
   "${token_opts[@]}" --token_list "${token_dir}/tokens.txt"
   "${normalize[@]}"
   --train_data_path_and_name_and_type "${train}/wav.scp,speech,sound"
@@ -47,7 +50,6 @@ cmd=(python -m "$train_module"
   --valid_data_path_and_name_and_type "${valid}/text,text,text"
   --valid_shape_file "$valid_shape"
   "${init[@]}" "${extra[@]}")
-mkdir -p "$outdir"
 echo "# ${cmd[*]}"
 "${cmd[@]}"
 touch "$outdir/.done"

@@ -16,6 +16,7 @@ minutes in all.
 """
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,17 +35,14 @@ espnet2 = pytest.importorskip("espnet2")
 import soundfile  # noqa: E402
 from espnet2.train.reporter import SubReporter  # noqa: E402
 
-from espnet_pate.dpsgd import trainer as dp_trainer  # noqa: E402
 from espnet_pate.dpsgd.accounting import compute_epsilon  # noqa: E402
+from espnet_pate.dpsgd.options import dp_options  # noqa: E402
 from espnet_pate.dpsgd.per_example import PerExampleGradients  # noqa: E402
 from espnet_pate.dpsgd.sampler import DpBatchSampler, build_units  # noqa: E402
+from espnet_pate.dpsgd.plan import plan_dp  # noqa: E402
+from espnet_pate.dpsgd.step import DpSgdRuntime  # noqa: E402
 from espnet_pate.dpsgd.task import DPSGDASRTransducerTask  # noqa: E402
-from espnet_pate.dpsgd.trainer import (  # noqa: E402
-    DPSGDTrainer,
-    DPSGDTrainerOptions,
-    DpSgdRuntime,
-    dp_options,
-)
+from espnet_pate.dpsgd.trainer import DPSGDTrainer, DPSGDTrainerOptions, TrainerOptions  # noqa: E402
 from espnet_pate.privacy.ledger import BudgetExceededError, LedgerMissingError, PrivacyLedger  # noqa: E402
 from espnet_pate.privacy.orders import DEFAULT_ORDERS  # noqa: E402
 from espnet_pate.report.privacy_json import write_privacy_info  # noqa: E402
@@ -205,7 +203,7 @@ def test_yaml_dp_options_accepted(corpus, tmp_path):
 
 def test_plan_calibrates_noise_before_training(corpus, tmp_path):
     args = DPSGDASRTransducerTask.get_parser().parse_args(common_args(corpus, tmp_path / "x"))
-    plan = dp_trainer.plan_dp(args)
+    plan = plan_dp(args)
     assert plan["num_utterances"] == 12 and plan["num_units"] == 12
     assert plan["sample_rate"] == pytest.approx(4 / 12) and plan["steps_per_epoch"] == 3
     assert plan["planned_steps"] == 6 and plan["noise_calibrated_to_target"]
@@ -213,7 +211,7 @@ def test_plan_calibrates_noise_before_training(corpus, tmp_path):
     eps = compute_epsilon(plan["sample_rate"], plan["noise_multiplier"], 6, 1e-5, "rdp")
     assert eps == pytest.approx(plan["planned_epsilon"]) and eps > TARGET_EPS - 0.05  # tight calibration
     args.dp_unit = "speaker"
-    plan = dp_trainer.plan_dp(args)
+    plan = plan_dp(args)
     assert plan["num_units"] == 4 and plan["expected_batch_units"] == pytest.approx(4 / 3)
     # model selection on training (sensitive) statistics, or validating on the training data, is refused
     args.best_model_criterion = [["train", "loss", "min"]]
@@ -300,7 +298,7 @@ def test_optimizer_sees_exactly_the_noisy_gradient(corpus, tmp_path):
     batch = tiny_batch(3)
     utts = ["u0", "u1", "u2"]
     plan = plan_for()
-    fields = {f.name: getattr(args, f.name) for f in dp_trainer.dataclasses.fields(dp_trainer.TrainerOptions)}
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainerOptions)}
     fields.update(grad_clip=1e-9, log_interval=1)  # ESPnet's clipping would shrink everything: must not apply
     rt = DpSgdRuntime(plan)
     options = DPSGDTrainerOptions(**fields, dp_plan=plan, dp_utt2unit=None, dp_runtime=rt)

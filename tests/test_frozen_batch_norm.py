@@ -9,13 +9,16 @@ import pytest
 import torch
 
 pytest.importorskip("espnet2")
+from espnet_pate.asr.train_config import resolve_config  # noqa: E402
 from espnet_pate.asr.transducer_task import PateASRTransducerTask  # noqa: E402
 
 TOKENS = ["<blank>", "<unk>", "a", "b", "c", "d", "<sos/eos>"]
 
 
 def build(config, *extra):
-    args = PateASRTransducerTask.get_parser().parse_args(["--config", config, "--output_dir", "unused", *extra])
+    parser = PateASRTransducerTask.get_parser()
+    parser.set_defaults(**resolve_config(config))  # what ESPnet's --config does with one file
+    args = parser.parse_args(["--output_dir", "unused", *extra])
     args.token_list = list(TOKENS)
     args.input_size = None
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from espnet_pate.asr.train_config import resolve_config
 from espnet_pate.ensemble.encoder_cache import encode_kaldi_dir, token_ids_fn
 from espnet_pate.ensemble.joint_heads import StackedAdam, StackedHeads, clip_per_teacher, make_batch, warmup_lr
 from espnet_pate.ensemble.joint_heads_train import CHECKPOINT, load_train_config, train_teacher_heads
@@ -174,8 +175,8 @@ def test_killed_run_resumes_to_the_same_teachers(toy):
 
 def test_heads_config_trains_like_the_espnet_teacher_config():
     for sfx in ("", "_debug"):
-        heads = yaml.safe_load((CONF / f"train_teacher_heads{sfx}.yaml").read_text())
-        espnet = yaml.safe_load((CONF / f"train_teacher_head{sfx}.yaml").read_text())
+        heads = load_train_config(CONF / f"train_teacher_heads{sfx}.yaml")
+        espnet = resolve_config(CONF / f"train_teacher_head{sfx}.yaml")
         for key in ("batch_size", "max_epoch", "patience", "optim", "optim_conf", "scheduler", "scheduler_conf",
                     "keep_nbest_models", "seed", "best_model_criterion"):
             assert heads[key] == espnet[key], f"train_teacher_heads{sfx}.yaml: {key}"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from espnet_pate.privacy.conversion import eps_improved
+from espnet_pate.privacy.digests import make_release_id
 from espnet_pate.privacy.ledger import (
     BudgetExceededError,
     LedgerCorruptError,
@@ -18,10 +19,9 @@ from espnet_pate.privacy.ledger import (
     LedgerMissingError,
     PrivacyLedger,
     ReleaseConflictError,
-    _line,
-    make_release_id,
     read_budget_config,
 )
+from espnet_pate.privacy.ledger_file import encode_line
 from espnet_pate.privacy.orders import DEFAULT_ORDERS
 from espnet_pate.privacy.rdp_gnmax import rdp_gnmax_data_independent
 
@@ -217,7 +217,7 @@ def test_format_1_ledgers_are_read_with_zero_additive_terms(tmp_path):
     rel = {"kind": "release", "release_id": "old-1", "what": "labels", "mechanism": "gnmax", "params": {},
            "queries": 100, "rdp": curve(100).tolist(), "data_dependent": False, "orders_id": "ref2018-297",
            "outputs": None, "details": {}, "time": ""}
-    path.write_bytes(_line(header) + _line(rel))
+    path.write_bytes(encode_line(header) + encode_line(rel))
     ledger = PrivacyLedger(str(path), eps_budget=10, delta=1e-5)
     (old,) = ledger.releases
     assert (old.eps_extra, old.delta_extra) == (0.0, 0.0)

@@ -14,7 +14,8 @@ import torch
 
 from espnet_pate.bin.pack_model import main as pack_main
 from espnet_pate.ensemble.toy import build_toy_model, fitted_toy_state, toy_args, toy_utterances, write_experiment
-from espnet_pate.privacy.ledger import PrivacyLedger, file_sha256
+from espnet_pate.privacy.digests import file_sha256
+from espnet_pate.privacy.ledger import PrivacyLedger
 from espnet_pate.report.privacy_card import CARD_FILE, NO_GUARANTEE
 from espnet_pate.report.privacy_json import write_privacy_info
 

@@ -1,6 +1,7 @@
 """The debug configuration of the recipe end to end: real synthesis, ESPnet training and decoding.
 
-Runs `./run.sh --debug true` once into a temporary folder (a few minutes), then checks what a user would read.
+Runs `./run.sh --debug true` once into a temporary folder (a few minutes: the `recipe` fixture of conftest.py),
+then checks what a user would read.
 """
 import json
 import re
@@ -11,34 +12,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-NUM_TEACHERS = 4
+NUM_TEACHERS = 4  # conftest.py's RECIPE_NUM_TEACHERS
 TEACHERS = f"teachers_head_k{NUM_TEACHERS}"  # run.sh's default trainable part
 
 
 pytestmark = pytest.mark.slow  # the second test layer: tests/run_tests.sh runs it after the fast one
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory, pytestconfig):
-    work = tmp_path_factory.mktemp("recipe")
-    dirs = {"datadir": work / "data", "dumpdir": work / "dump", "expdir": work / "exp"}
-    args = [str(ROOT / "run.sh"), "--debug", "true", "--stage", "1", "--stop-stage", "9",
-            "--num_teachers", str(NUM_TEACHERS)]
-    for name, path in dirs.items():
-        args += [f"--{name}", str(path)]
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:  # the stages on the terminal as they start: minutes of silence otherwise
-        lines.append(line)
-        if ") Stage " in line:
-            with capture.global_and_fixture_disabled():
-                print(f"  [debug recipe] {line.split(') ', 1)[-1].rstrip()}", flush=True)
-    returncode = proc.wait(timeout=3000)
-    output = "".join(lines)
-    (work / "run.log").write_text(output)
-    assert returncode == 0, f"run.sh failed; end of its output:\n{output[-5000:]}"
-    return {**dirs, "args": args, "log": output}
 
 
 def wer(system_dir: Path, set_name: str) -> float:
@@ -141,3 +119,15 @@ def test_stage9_packs_released_systems_only(recipe):
     packed = {p.stem for p in (recipe["expdir"] / "packed").glob("*.zip")}
     assert "public_only" in packed and any(p.startswith("student_") for p in packed)
     assert "nonprivate" not in packed and not any("teacher" in p for p in packed)
+
+
+def test_stage8_audits_every_released_model_apart_from_the_released_figures(recipe):
+    exp = recipe["expdir"]
+    audited = {p.stem for p in (exp / "audit" / "membership").glob("*.json")}
+    assert {"public_only", "nonprivate", "dpsgd_eps8"} <= audited and any(a.startswith("student_") for a in audited)
+    assert not any("teacher" in a for a in audited)
+    assert (exp / "audit" / "inversion" / "inversion.png").stat().st_size > 0
+    table = (exp / "RESULTS.md").read_text()
+    released, audit = table.split("## Privacy audits (operator diagnostics, not released)")
+    assert "| nonprivate | inf (utterance) | lira | speaker |" in audit and "lira" not in released
+    assert "never released" in (exp / "audit" / "RESULTS.md").read_text()

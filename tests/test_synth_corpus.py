@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from espnet_pate.data import synth_audio
-from espnet_pate.data.grammar import (FULL, PUBLIC, WITHHELD_NAMES, WITHHELD_PLACES, Grammar, sample_sentences,
-                                      spoken_form, withheld_vocabulary)
+from espnet_pate.data.grammar import (FULL, PUBLIC, WITHHELD_NAMES, WITHHELD_PLACES, Grammar, Withheld,
+                                      sample_sentences, spoken_form, withheld_vocabulary)
 from espnet_pate.data.kaldi_dir import read_kaldi_dir, read_table
 from espnet_pate.data.synth_corpus import SETS, is_done, load_config, prepare_synth_corpus
 
@@ -56,11 +56,39 @@ def test_sentences_depend_only_on_the_seed():
 
 
 def test_withheld_vocabulary_is_outside_the_public_grammar():
-    withheld = withheld_vocabulary(["navigation"])
+    withheld = withheld_vocabulary(Withheld(["navigation"]))
     assert set(WITHHELD_NAMES) | set(WITHHELD_PLACES) | {"navigate", "directions"} <= withheld
-    assert not withheld & Grammar(PUBLIC, ["navigation"]).vocabulary()
-    assert "navigation" not in Grammar(PUBLIC, ["navigation"]).types
+    assert not withheld & Grammar(PUBLIC, Withheld(["navigation"])).vocabulary()
+    assert "navigation" not in Grammar(PUBLIC, Withheld(["navigation"])).types
     assert 300 <= len(Grammar(FULL).vocabulary()) <= 400
+
+
+def test_few_withheld_words_drawn_often():
+    withheld = Withheld(types=(), names=2, places=3, share=0.5)
+    assert withheld_vocabulary(withheld) == set(WITHHELD_NAMES[:2]) | set(WITHHELD_PLACES[:3])
+    sentences = [s for _, s in sample_sentences({"a": (FULL, 2000)}, seed=5, withheld=withheld)["a"]]
+    slot_values = {"name": set(WITHHELD_NAMES[:2]), "place": set(WITHHELD_PLACES[:3])}
+    public_values = {"name": set(Grammar(PUBLIC).slots["name"]), "place": set(Grammar(PUBLIC).slots["place"])}
+    for slot in ("name", "place"):
+        held = sum(bool(set(s.split()) & slot_values[slot]) for s in sentences)
+        public = sum(bool(set(s.split()) & public_values[slot]) for s in sentences)
+        assert 0.4 < held / (held + public) < 0.6, slot  # share 0.5, against 3/23 or 2/26 when uniform
+    assert not set(WITHHELD_NAMES[2:]) & {w for s in sentences for w in s.split()}
+    with pytest.raises(ValueError, match="share"):
+        Withheld(share=1.5)
+
+
+def test_default_withheld_keeps_the_corpus_fingerprint(tmp_path):
+    """Corpora built before the withheld_* keys existed must not be rebuilt."""
+    base = "seed: 1\nsets: {dev: {speakers: 2, utts_per_speaker: 2}}\n"
+    (tmp_path / "a.yaml").write_text(base)
+    (tmp_path / "b.yaml").write_text(base + "withheld_names: 16\nwithheld_places: 14\n")
+    (tmp_path / "c.yaml").write_text(base + "withheld_names: 3\n")
+    fp = {k: load_config(tmp_path / f"{k}.yaml").fingerprint("dev") for k in "abc"}
+    assert fp["a"] == fp["b"] != fp["c"]
+    (tmp_path / "d.yaml").write_text(base + "withheld_places: 99\n")
+    with pytest.raises(ValueError, match="d.yaml"):
+        load_config(tmp_path / "d.yaml")
 
 
 # --- the built debug corpus ---
@@ -99,7 +127,7 @@ def test_sentences_do_not_overlap_across_sets(corpus):
 @needs_tts
 def test_withheld_vocabulary_only_on_the_sensitive_side(corpus):
     withheld = set((corpus / "withheld_words.txt").read_text().split())
-    assert withheld == withheld_vocabulary(load_config(DEBUG_CONFIG).withheld_request_types)
+    assert withheld == withheld_vocabulary(load_config(DEBUG_CONFIG).withheld)
     assert not withheld & _words(corpus, "public_labeled")
     assert "navigation" not in set(read_table(corpus / "public_labeled" / "utt2reqtype").values())
     for name in ["sensitive", "public_unlabeled", "public_unlabeled_diff", "dev", "test"]:

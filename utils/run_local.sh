@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# Usage: utils/run_local.sh [--max-jobs-run N] [JOB=1:K | JOB=v1,v2,...] LOGFILE COMMAND...
-# Local stand-in for Kaldi's run.pl: runs COMMAND (once, or once per JOB value with JOB replaced in the log
-# name and the command: the indices 1..K, or the listed words), writes each job's output and exit status to its
-# log, runs at most N jobs at once, and fails if any job failed, naming its log.
+# Usage: utils/run_local.sh [--max-jobs-run N] [--OPTION VALUE ...] [JOB=1:N | JOB=K] LOGFILE COMMAND...
+# Local back end of cmd.sh (Kaldi's run.pl contract): runs COMMAND once, or once per JOB in 1..N (a start of 1
+# or more) with JOB replaced by the index in LOGFILE and COMMAND; writes each job's command, output and exit
+# status to its log, runs at most N jobs at once, and fails if any job failed, naming its log. Other options
+# (--mem, --num_threads, --gpu, --time, --config: cluster resources, see utils/slurm.sh) are accepted and ignored.
 set -u
+usage() { sed -n '2,6p' "$0" >&2; exit 1; }
 max_jobs=1
-if [ "${1:-}" = "--max-jobs-run" ]; then max_jobs=$2; shift 2; fi
+while [[ ${1:-} == --* ]]; do
+  [ $# -ge 2 ] || usage
+  case "$1" in
+    --max-jobs-run) max_jobs=$2 ;;
+    *) ;;  # a cluster resource: nothing to reserve on this machine
+  esac
+  shift 2
+done
+[[ $max_jobs =~ ^[1-9][0-9]*$ ]] || { echo "$0: --max-jobs-run takes a number of 1 or more, got '${max_jobs}'" >&2; exit 1; }
 values=(1); jobvar=""
-if [[ "${1:-}" =~ ^([A-Za-z_]+)=([0-9]+):([0-9]+)$ ]]; then
-  jobvar=${BASH_REMATCH[1]}; values=($(seq "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}")); shift
-elif [[ "${1:-}" =~ ^([A-Za-z_]+)=([^=[:space:]]+)$ ]]; then
-  jobvar=${BASH_REMATCH[1]}; IFS=, read -r -a values <<< "${BASH_REMATCH[2]}"; shift
+if [[ ${1:-} =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; then
+  bad_range() { echo "$0: invalid job range '$1': Kaldi's JOB=1:N or JOB=K, indices from 1" >&2; exit 1; }
+  [[ $1 =~ ^([A-Za-z_][A-Za-z0-9_]*)=([0-9]+)(:([0-9]+))?$ ]] || bad_range "$1"
+  jobvar=${BASH_REMATCH[1]}; start=$((10#${BASH_REMATCH[2]})); end=$((10#${BASH_REMATCH[4]:-${BASH_REMATCH[2]}}))
+  ((start >= 1 && start <= end)) || bad_range "$1"
+  values=($(seq "$start" "$end")); shift
 fi
-[ $# -ge 2 ] || { sed -n '2,5p' "$0" >&2; exit 1; }
+[ $# -ge 2 ] || usage
 log_tpl=$1; shift
 run_one() {
   local i=$1; shift
@@ -22,7 +34,13 @@ run_one() {
     args=("${args[@]//$jobvar/$i}")
   fi
   mkdir -p "$(dirname "$log")"
-  { echo "# ${args[*]}"; echo "# Started at $(date)"; } > "$log"
+  {
+    echo "# ${args[*]}"
+    echo "# Started at $(date)"
+    # Under Slurm (utils/slurm.sh runs each job through this script): where and as which job it ran.
+    [ -z "${SLURM_JOB_ID:-}" ] ||
+      echo "# Running on $(hostname) as Slurm job ${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}"
+  } > "$log"
   local t0=$SECONDS
   "${args[@]}" >> "$log" 2>&1
   local rc=$?

@@ -11,20 +11,23 @@ import yaml
 
 from espnet_pate.data.kaldi_dir import read_table
 
+CONFIG_FILE = "config.yaml"
 MODEL_FILE = "valid.loss.ave.pth"
 
 
 def load_speech2text(model_dir: os.PathLike | str, decode_config: Optional[os.PathLike | str] = None,
-                     device: str = "cpu", model_file: str = MODEL_FILE):
-    """The stock Speech2Text for a model trained by this recipe (`model_dir/config.yaml` + checkpoint)."""
+                     device: str = "cpu", model_file: str = MODEL_FILE, **options):
+    """The stock Speech2Text for a model trained by this recipe (`model_dir/config.yaml` + checkpoint);
+    ``options`` (Speech2Text's own: beam_size, nbest, ...) go over those of ``decode_config``."""
     from espnet2.bin.asr_transducer_inference import Speech2Text
 
-    options: Dict = {}
+    conf: Dict = {}
     if decode_config is not None:
-        options = yaml.safe_load(Path(decode_config).read_text()) or {}
+        conf = yaml.safe_load(Path(decode_config).read_text()) or {}
+    conf.update(options)
     model_dir = Path(model_dir)
-    return Speech2Text(asr_train_config=str(model_dir / "config.yaml"), asr_model_file=str(model_dir / model_file),
-                       device=device, **options)
+    return Speech2Text(asr_train_config=str(model_dir / CONFIG_FILE), asr_model_file=str(model_dir / model_file),
+                       device=device, **conf)
 
 
 def decode_wav_scp(speech2text, wav_scp: Mapping[str, str]) -> Dict[str, str]:

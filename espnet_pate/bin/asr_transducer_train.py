@@ -2,7 +2,10 @@
 
 Same options as `python -m espnet2.bin.asr_transducer_train` (see `--help`); use it in its place:
 
-    python -m espnet_pate.bin.asr_transducer_train --config conf/train_pretrain.yaml --output_dir exp/pretrain ...
+    python -m espnet_pate.bin.asr_transducer_train --config exp/public_only/train_config.yaml \\
+        --output_dir exp/public_only ...
+
+(`train_config.yaml`: conf/train_pretrain.yaml resolved over conf/model.yaml by local/train_asr.sh.)
 """
 from espnet_pate.asr.transducer_task import PateASRTransducerTask
 

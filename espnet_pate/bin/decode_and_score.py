@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 from espnet_pate.asr.decode import MODEL_FILE, decode_data_dir, load_speech2text
 from espnet_pate.data.kaldi_dir import read_table, write_table
+from espnet_pate.report.audit_table import audit_md
 from espnet_pate.report.results import read_privacy_info, relative_to_dpsgd, summary_md, system_results_md
 from espnet_pate.report.scoring import keyword_recall, score_wer
 
@@ -99,7 +100,9 @@ def main(argv=None):
         from espnet_pate.privacy.ledger import PrivacyLedger
 
         total = dict(PrivacyLedger(a.ledger, create=False).summary(), ledger=a.ledger)
-    table = summary_md(rows, command, total)
+    # stage 8's audits, when they exist, keep their own section (operator diagnostics) in the rewritten table
+    audit = audit_md(Path(a.exp_root) / "audit") if a.exp_root else None
+    table = summary_md(rows, command, total, audit)
     Path(a.results).write_text(table)
     print(table)
 

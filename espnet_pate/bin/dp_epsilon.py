@@ -14,7 +14,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from espnet_pate.dpsgd.accounting import ACCOUNTANTS, calibrate_noise, compute_epsilon_details
+from espnet_pate.dpsgd.accounting import ACCOUNTANTS, compute_epsilon_details
+from espnet_pate.dpsgd.plan import noise_for_budget
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -35,16 +36,14 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     try:
+        sigma = args.noise_multiplier
         if args.target_eps is not None:
-            sigma, _ = calibrate_noise(args.target_eps, args.sample_rate, args.steps, args.delta, args.accountant)
-            out = compute_epsilon_details(args.sample_rate, sigma, args.steps, args.delta, args.accountant)
-            if out["eps"] > args.target_eps:  # cannot happen: calibrate_noise guarantees it
+            sigma, _ = noise_for_budget(args.sample_rate, args.steps, args.delta, args.accountant, args.target_eps)
+        out = compute_epsilon_details(args.sample_rate, sigma, args.steps, args.delta, args.accountant)
+        if args.target_eps is not None:
+            if out["eps"] > args.target_eps:  # cannot happen: the calibration guarantees it
                 raise RuntimeError(f"calibrated eps {out['eps']} above target {args.target_eps}")
             out["target_eps"] = args.target_eps
-        else:
-            out = compute_epsilon_details(
-                args.sample_rate, args.noise_multiplier, args.steps, args.delta, args.accountant
-            )
     except ValueError as e:
         print(f"dp_epsilon: error: {e}", file=sys.stderr)
         return 2

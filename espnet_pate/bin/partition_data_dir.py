@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from espnet_pate.data.kaldi_dir import KaldiDirError
-from espnet_pate.data.partition import ASSIGNMENTS, MANIFEST, UNITS, PartitionError, partition_data_dir
+from espnet_pate.data.partition import ASSIGNMENTS, MANIFEST, PartitionError, partition_data_dir
+from espnet_pate.privacy.units import PRIVACY_UNITS
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="source Kaldi data directory")
     p.add_argument("out", help="output directory for shard_<k>/ and manifest.json")
     p.add_argument("--num-shards", type=int, required=True, help="number of shards (teachers) K")
-    p.add_argument("--unit", choices=UNITS, default="speaker", help="what is kept whole inside one shard")
+    p.add_argument("--unit", choices=PRIVACY_UNITS, default="speaker", help="what is kept whole inside one shard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--assignment", choices=ASSIGNMENTS, default="hash",
                    help="greedy: balanced by utterance count; hash: each unit's shard depends on its id alone")

@@ -26,9 +26,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from espnet_pate.ensemble.pate_labeling import ConfigError, Stage4Inputs, UNITS, run_stage4
+from espnet_pate.ensemble.pate_labeling import ConfigError, Stage4Inputs, run_stage4
 from espnet_pate.ensemble.teachers import teacher_dirs_in
 from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger, read_budget_config
+from espnet_pate.privacy.units import PRIVACY_UNITS
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -44,12 +45,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger-config", help="its budget and delta (conf/privacy.yaml)")
     p.add_argument("--public-model", help="the public pretrained model (utterance-level candidates)")
     p.add_argument("--partition-manifest", help="manifest.json of the teachers' partition (gives the privacy unit)")
-    p.add_argument("--unit", choices=UNITS, help="privacy unit, when no manifest is given")
+    p.add_argument("--unit", choices=PRIVACY_UNITS, help="privacy unit, when no manifest is given")
     p.add_argument("--runs", nargs="+", help="run only these entries of the configuration")
     p.add_argument("--seed", type=int, help="fix the noise (reproducible experiment, NOT FOR RELEASE)")
     p.add_argument("--survey", type=int, metavar="N",
                    help="instead of labelling: noise-free agreement of the teachers on N public utterances (token, "
                         "utterance and plurality level). Spends and releases nothing")
+    p.add_argument("--withheld-words", metavar="FILE",
+                   help="with --survey: also the agreement on public utterances whose true transcript (DATA/text, "
+                        "evaluation only) holds a word of FILE, and on as many without, shortest first")
+    p.add_argument("--withheld-utts", type=int, default=120, metavar="N",
+                   help="utterances of each kind for --withheld-words (default 120)")
     p.add_argument("--plan-survey", metavar="JSON",
                    help="the shadow teachers' survey (OUT/agreement_survey.json of a --survey --shadow run) that "
                         "plurality entries with queries: auto are planned from")
@@ -99,7 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.survey:
             from espnet_pate.ensemble.pate_labeling import agreement_survey
 
-            survey = agreement_survey(inputs, args.survey, shadow=args.shadow)
+            words = Path(args.withheld_words).read_text().split() if args.withheld_words else None
+            survey = agreement_survey(inputs, args.survey, shadow=args.shadow, withheld_words=words,
+                                      withheld_utts=args.withheld_utts)
             where = Path(args.out) if args.shadow else Path(args.out) / "operator_diagnostics"
             where.mkdir(parents=True, exist_ok=True)
             (where / "agreement_survey.json").write_text(json.dumps(survey, indent=1) + "\n")

@@ -5,6 +5,7 @@
 """
 import argparse
 
+from espnet_pate.privacy.units import PRIVACY_UNITS
 from espnet_pate.report.privacy_json import inherit_privacy_info, write_privacy_info
 
 
@@ -15,7 +16,7 @@ def main(argv=None):
                    "from: post-processing), adding inherited_from; the other options are then not allowed")
     p.add_argument("--epsilon", type=float, help="inf for no privacy; omit for a model that is not released")
     p.add_argument("--delta", type=float)
-    p.add_argument("--unit", default="none", choices=["none", "utterance", "speaker"])
+    p.add_argument("--unit", default="none", choices=["none", *PRIVACY_UNITS])
     p.add_argument("--mechanism")
     p.add_argument("--note", default=None)
     a = p.parse_args(argv)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 PUBLIC = "public"
 FULL = "full"
@@ -40,6 +41,35 @@ WITHHELD_PLACES = [
 
 REQUEST_TYPES = ["alarm", "weather", "call", "music", "reminder", "navigation", "conversion"]
 DEFAULT_WITHHELD_TYPES = ("navigation",)
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """What public transcripts never hold, and how often the other domain draws it.
+
+    types: request types absent from the public domain (all their words are withheld unless public elsewhere).
+    names, places: how many of WITHHELD_NAMES / WITHHELD_PLACES (the first ones) exist at all.
+    share: the chance that a name or place slot outside the public domain draws a withheld value; None draws
+        uniformly over public and withheld values alike. A few withheld words at a high share make every
+        teacher of a finely split sensitive set see each of them several times.
+    """
+
+    types: Tuple[str, ...] = DEFAULT_WITHHELD_TYPES
+    names: int = len(WITHHELD_NAMES)
+    places: int = len(WITHHELD_PLACES)
+    share: Optional[float] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "types", tuple(self.types))
+        unknown = set(self.types) - set(REQUEST_TYPES)
+        if unknown:
+            raise ValueError(f"unknown request types {sorted(unknown)}; known: {REQUEST_TYPES}")
+        if set(self.types) == set(REQUEST_TYPES):
+            raise ValueError("at least one request type must stay public")
+        if not (0 <= self.names <= len(WITHHELD_NAMES) and 0 <= self.places <= len(WITHHELD_PLACES)):
+            raise ValueError(f"withheld names must be 0-{len(WITHHELD_NAMES)} and places 0-{len(WITHHELD_PLACES)}")
+        if self.share is not None and not (0.0 <= self.share <= 1.0):
+            raise ValueError(f"withheld share must be a probability, not {self.share}")
 
 
 def _number_words(n: int) -> str:
@@ -193,22 +223,22 @@ _SPOKEN_FORM = [(re.compile(r"\ba m\b"), "a.m."), (re.compile(r"\bp m\b"), "p.m.
 
 
 class Grammar:
-    """The request grammar of one domain; `withheld_types` are request types absent from the public domain."""
+    """The request grammar of one domain; `withheld` says what the public domain lacks."""
 
-    def __init__(self, domain: str, withheld_types: Iterable[str] = DEFAULT_WITHHELD_TYPES):
+    def __init__(self, domain: str, withheld: Withheld = Withheld()):
         if domain not in (PUBLIC, FULL):
             raise ValueError(f"domain must be '{PUBLIC}' or '{FULL}', not '{domain}'")
-        withheld_types = list(withheld_types)
-        unknown = set(withheld_types) - set(REQUEST_TYPES)
-        if unknown:
-            raise ValueError(f"unknown request types {sorted(unknown)}; known: {REQUEST_TYPES}")
-        if set(withheld_types) == set(REQUEST_TYPES):
-            raise ValueError("at least one request type must stay public")
         public = domain == PUBLIC
-        self.types = [t for t in REQUEST_TYPES if not (public and t in withheld_types)]
+        self.types = [t for t in REQUEST_TYPES if not (public and t in withheld.types)]
         self.slots: Dict[str, List[str]] = {**_SHARED_SLOTS, **_EXTRA_SLOTS}
-        self.slots["name"] = PUBLIC_NAMES + ([] if public else WITHHELD_NAMES)
-        self.slots["place"] = PUBLIC_PLACES + ([] if public else WITHHELD_PLACES)
+        # slot -> (public values, withheld values, chance of a withheld one) where the draw is weighted
+        self.split: Dict[str, Tuple[List[str], List[str], float]] = {}
+        for slot, public_values, withheld_values in (("name", PUBLIC_NAMES, WITHHELD_NAMES[:withheld.names]),
+                                                     ("place", PUBLIC_PLACES, WITHHELD_PLACES[:withheld.places])):
+            extra = [] if public else withheld_values
+            self.slots[slot] = public_values + extra
+            if extra and withheld.share is not None:
+                self.split[slot] = (public_values, extra, withheld.share)
         for t in self.types:
             self.slots["request_" + t] = _REQUESTS[t]
 
@@ -218,7 +248,13 @@ class Grammar:
         return rtype, " ".join(self._expand("{request_" + rtype + "}", rng).split())
 
     def _expand(self, template: str, rng: random.Random) -> str:
-        return _SLOT.sub(lambda m: self._expand(rng.choice(self.slots[m.group(1)]), rng), template)
+        return _SLOT.sub(lambda m: self._expand(self._draw(m.group(1), rng), rng), template)
+
+    def _draw(self, slot: str, rng: random.Random) -> str:
+        if slot in self.split:
+            public_values, withheld_values, share = self.split[slot]
+            return rng.choice(withheld_values if rng.random() < share else public_values)
+        return rng.choice(self.slots[slot])
 
     def vocabulary(self) -> Set[str]:
         """Every word this domain can produce."""
@@ -236,10 +272,9 @@ class Grammar:
         return words
 
 
-def withheld_vocabulary(withheld_types: Iterable[str] = DEFAULT_WITHHELD_TYPES) -> Set[str]:
+def withheld_vocabulary(withheld: Withheld = Withheld()) -> Set[str]:
     """Words that sensitive speech can hold and public transcripts never do."""
-    withheld_types = list(withheld_types)
-    return Grammar(FULL, withheld_types).vocabulary() - Grammar(PUBLIC, withheld_types).vocabulary()
+    return Grammar(FULL, withheld).vocabulary() - Grammar(PUBLIC, withheld).vocabulary()
 
 
 def spoken_form(sentence: str) -> str:
@@ -252,7 +287,7 @@ def spoken_form(sentence: str) -> str:
 def sample_sentences(
     requests: Mapping[str, Tuple[str, int]],
     seed: int,
-    withheld_types: Iterable[str] = DEFAULT_WITHHELD_TYPES,
+    withheld: Withheld = Withheld(),
     max_words: int = 12,
 ) -> Dict[str, List[Tuple[str, str]]]:
     """Draw `n` distinct (request type, sentence) pairs per set from `requests = {set: (domain, n)}`.
@@ -260,8 +295,7 @@ def sample_sentences(
     No sentence appears twice anywhere, so sets never share a sentence. Sets are drawn in the given order, each
     from its own seeded generator: a set's sentences depend only on the seed and the sets drawn before it.
     """
-    withheld_types = list(withheld_types)
-    grammars = {d: Grammar(d, withheld_types) for d in (PUBLIC, FULL)}
+    grammars = {d: Grammar(d, withheld) for d in (PUBLIC, FULL)}
     taken: Set[str] = set()
     out: Dict[str, List[Tuple[str, str]]] = {}
     for name, (domain, n) in requests.items():

@@ -45,10 +45,22 @@ def read_table(path: os.PathLike | str, allow_empty_value: bool = False) -> Dict
 
 
 def read_table_with_lines(
-    path: os.PathLike | str, allow_empty_value: bool = False
+    path: os.PathLike | str, allow_empty_value: bool = False, problems: Optional[List[KaldiDirError]] = None
 ) -> Tuple[Dict[str, str], Dict[str, int]]:
-    """As read_table, also returning each key's 1-based line (keys stay in file order)."""
+    """As read_table, also returning each key's 1-based line (keys stay in file order).
+
+    With a `problems` list, a bad line (not UTF-8, no value, a duplicated id) is appended to it and skipped
+    instead of raised, so that a validator can report every one: a duplicated id keeps its first line, and the
+    id of another bad line is in the returned lines but not in the table (so it is not reported again as missing).
+    """
     path = Path(path)
+
+    def bad_line(key: str, error: KaldiDirError, cause: Optional[Exception] = None) -> None:
+        if problems is None:
+            raise error from cause
+        problems.append(error)
+        lines.setdefault(key, error.line)
+
     table: Dict[str, str] = {}
     lines: Dict[str, int] = {}
     try:
@@ -61,14 +73,18 @@ def read_table_with_lines(
         try:
             line = line_bytes.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise KaldiDirError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})", lineno) from e
+            key = line_bytes.split(maxsplit=1)[0].decode("utf-8", "replace")
+            bad_line(key, KaldiDirError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})", lineno), e)
+            continue
         parts = line.rstrip("\r").split(maxsplit=1)
         key = parts[0]
         value = parts[1].strip() if len(parts) > 1 else ""
         if not value and not allow_empty_value:
-            raise KaldiDirError(path, f"no value for key '{key}'", lineno)
+            bad_line(key, KaldiDirError(path, f"no value for key '{key}'", lineno))
+            continue
         if key in table:
-            raise KaldiDirError(path, f"duplicated id '{key}' (first on line {lines[key]})", lineno)
+            bad_line(key, KaldiDirError(path, f"duplicated id '{key}' (first on line {lines[key]})", lineno))
+            continue
         table[key] = value
         lines[key] = lineno
     return table, lines

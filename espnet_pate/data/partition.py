@@ -26,9 +26,9 @@ from typing import Dict, List, Mapping, Optional
 
 from espnet_pate.data.kaldi_dir import subset_kaldi_dir
 from espnet_pate.data.validate import check_tables
+from espnet_pate.privacy.units import PRIVACY_UNITS
 
 MANIFEST = "manifest.json"
-UNITS = ("speaker", "utterance")
 ASSIGNMENTS = ("greedy", "hash")
 SOURCE_FILES = ("wav.scp", "utt2spk", "text")
 SHARD_FILES = ("wav.scp", "utt2spk", "spk2utt", "text")
@@ -82,8 +82,8 @@ def partition_data_dir(
     overwrite: bool = False,
 ) -> dict:
     """Write K disjoint shards of src_dir under out_dir and return the manifest (see the module docstring)."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    if unit not in PRIVACY_UNITS:
+        raise ValueError(f"unit must be one of {PRIVACY_UNITS}, got {unit!r}")
     if assignment not in ASSIGNMENTS:
         raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
     if num_shards < 1:

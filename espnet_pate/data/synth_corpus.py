@@ -36,7 +36,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Uni
 import yaml
 
 from espnet_pate.data import synth_audio
-from espnet_pate.data.grammar import DEFAULT_WITHHELD_TYPES, FULL, PUBLIC, sample_sentences, withheld_vocabulary
+from espnet_pate.data.grammar import FULL, PUBLIC, Withheld, sample_sentences, withheld_vocabulary
 from espnet_pate.data.kaldi_dir import read_kaldi_dir, write_kaldi_dir, write_table
 from espnet_pate.data.synth_speakers import (DEFAULT_CHANNEL_MIX, DEFAULT_SNR_DB, EspeakSpeaker,
                                              OtherSpeaker, sample_espeak_speaker, sample_other_speaker)
@@ -68,7 +68,7 @@ class SetSize:
 class CorpusConfig:
     seed: int
     sets: Dict[str, SetSize]
-    withheld_request_types: List[str] = field(default_factory=lambda: list(DEFAULT_WITHHELD_TYPES))
+    withheld: Withheld = field(default_factory=Withheld)
     max_words: int = 12
     channel_mix: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CHANNEL_MIX))
     snr_db: Tuple[float, float] = DEFAULT_SNR_DB
@@ -84,9 +84,13 @@ class CorpusConfig:
             "version": CORPUS_VERSION,
             "seed": self.seed,
             "sets": {k: vars(self.sets[k]) for k in drawn},
-            "withheld_request_types": list(self.withheld_request_types),
+            "withheld_request_types": list(self.withheld.types),
             "max_words": self.max_words,
         }
+        # Only where they differ from the grammar's defaults, so that corpora built before these keys keep their
+        # fingerprints (and are not rebuilt).
+        deps.update({key: value for key, value in vars(self.withheld).items()
+                     if key != "types" and value != getattr(Withheld(), key)})
         if SETS[name][1] == "other":
             deps.update(channel_mix=dict(self.channel_mix), snr_db=list(self.snr_db))
         return hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16]
@@ -94,7 +98,8 @@ class CorpusConfig:
 
 def load_config(path: os.PathLike | str) -> CorpusConfig:
     raw = yaml.safe_load(Path(path).read_text()) or {}
-    known = {"seed", "sets", "withheld_request_types", "max_words", "different_source"}
+    known = {"seed", "sets", "withheld_request_types", "withheld_names", "withheld_places", "withheld_share",
+             "max_words", "different_source"}
     if set(raw) - known:
         raise ValueError(f"{path}: unknown keys {sorted(set(raw) - known)}; known: {sorted(known)}")
     sets = raw.get("sets") or {}
@@ -112,11 +117,24 @@ def load_config(path: os.PathLike | str) -> CorpusConfig:
     return CorpusConfig(
         seed=int(raw.get("seed", 0)),
         sets=sizes,
-        withheld_request_types=list(raw.get("withheld_request_types", DEFAULT_WITHHELD_TYPES)),
+        withheld=_withheld(raw, path),
         max_words=int(raw.get("max_words", 12)),
         channel_mix={k: float(v) for k, v in (other.get("channel_mix") or DEFAULT_CHANNEL_MIX).items()},
         snr_db=tuple(float(x) for x in other.get("snr_db", DEFAULT_SNR_DB)),
     )
+
+
+def _withheld(raw: Mapping, path: os.PathLike | str) -> Withheld:
+    default = Withheld()
+    try:
+        return Withheld(
+            types=tuple(raw.get("withheld_request_types", default.types)),
+            names=int(raw.get("withheld_names", default.names)),
+            places=int(raw.get("withheld_places", default.places)),
+            share=None if raw.get("withheld_share") is None else float(raw["withheld_share"]),
+        )
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 @dataclass
@@ -132,7 +150,7 @@ def plan_corpus(config: CorpusConfig) -> Dict[str, SetPlan]:
     sentences = sample_sentences(
         {name: (SETS[name][0], config.sets[name].speakers * config.sets[name].utts_per_speaker)
          for name in config.draw_order()},
-        config.seed, config.withheld_request_types, config.max_words,
+        config.seed, config.withheld, config.max_words,
     )
     plans = {}
     for name in config.draw_order():
@@ -211,7 +229,7 @@ def build_set(plan: SetPlan, out: Path, config: CorpusConfig, nj: int = 2) -> No
 
 def write_withheld_words(out: Path, config: CorpusConfig) -> None:
     tmp = out / "withheld_words.txt.tmp"
-    tmp.write_text("".join(w + "\n" for w in sorted(withheld_vocabulary(config.withheld_request_types))))
+    tmp.write_text("".join(w + "\n" for w in sorted(withheld_vocabulary(config.withheld))))
     os.replace(tmp, out / "withheld_words.txt")
 
 

@@ -6,47 +6,41 @@ For a Poisson-sampled batch this computes
 
 where a unit is an utterance (default) or a speaker (``group_ids``), clip_C(g) = g * min(1, C / (||g|| + 1e-6)),
 and ``expected_units`` is q * (number of units in the data set), the expected batch size of Poisson sampling
-(dividing by the realised batch size would leak it).  ../shared/PRIVACY.md, "DP-SGD".
+(dividing by the realised batch size would leak it).  A unit whose gradient is not finite contributes zero (a
+function of that unit alone).  ../shared/PRIVACY.md, "DP-SGD".
 
 The model must have gone through ``espnet_pate.dpsgd.model_fixes.make_dp_exact`` (otherwise an example's gradient
 depends on the rest of the batch).  Two exact methods:
 
-* ``method="vmap"`` (default): ``torch.func.vmap(grad(...))`` over a per-example loss written with the model's own
-  modules (encoder with per-example masks, an unrolled LSTM/GRU for the decoder because ``nn.LSTM`` has no vmap
-  batching rule on CPU, the joint network, and the pure-PyTorch RNN-T loss ``rnnt_loss_logspace`` since
-  torchaudio's cannot run under vmap), plus the auxiliary CTC loss if the model has one (``ctc_loss_logspace``,
-  since torch's takes concatenated targets).  Features are computed per utterance outside vmap (the frontend has
-  no trainable parameters).  No auxiliary LM loss.
+* ``method="vmap"`` (default): ``torch.func.vmap(grad(...))`` over ``PerExampleLoss`` (the model's own modules,
+  written for one example: ``espnet_pate.dpsgd.per_example_loss``), transducer plus auxiliary CTC loss.
+  No auxiliary LM loss.
 * ``method="loop"``: one forward/backward of the model's own ``forward`` (its ``criterion_transducer``) per unit on
   that unit's examples only.  Works for any configuration ``make_dp_exact`` accepts, including auxiliary losses.
 
-Measured (CPU, 1 thread, process CPU time, 2026-11-28; /tmp bench, min of 3): 1.43M-parameter model of
-../shared/ENVIRONMENT.md, batch 16 of 1.5-4 s, 10-35 tokens, V=102: a normal step (forward+backward) 0.95 s stock /
-0.81 s with make_dp_exact; vmap 0.90 s; loop 0.92 s (about 1.1x the fixed model's normal step).
-297k-parameter model, batch 8: normal 0.17 s stock / 0.15 s fixed; vmap 0.23 s (1.5x); loop 0.36 s (2.4x).
-``chunk_size=4`` was slower in both.  Both methods agree with the example-alone gradient to ~1e-6 relative.
+Both agree with the example-alone gradient to ~1e-6 relative (tests/test_per_example_grads.py); their cost against
+a normal step is measured by benchmarks/bench_dpsgd_step.py (README).
 
 Typical use in a training step::
 
     engine = PerExampleGradients(model)                       # after make_dp_exact(model)
     stats = engine.dp_step_grads(speech, speech_lengths, text, text_lengths,
                                  clip_norm=C, noise_multiplier=sigma, expected_batch_size=q * N,
-                                 group_ids=None, generator=gen)  # writes p.grad
+                                 group_ids=None, max_rows=32, generator=gen)  # writes p.grad
     optimizer.step()
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from espnet_pate.asr.ctc_loss import ctc_loss_logspace
-from espnet_pate.asr.rnnt_loss import rnnt_loss_logspace
 from espnet_pate.dpsgd.model_fixes import is_dp_exact, per_example_feats, subsampled_lengths
+from espnet_pate.dpsgd.per_example_loss import PerExampleLoss
 
 METHODS = ("vmap", "loop")
 CLIP_EPS = 1e-6
@@ -58,11 +52,11 @@ __all__ = [
     "add_noise",
     "clip_and_sum",
     "make_noise_generator",
+    "unit_chunks",
     "unit_index",
 ]
 
 Grads = Dict[str, torch.Tensor]
-
 
 # ------------------------------------------------------------------------------------ noise & clipping
 def make_noise_generator(seed: Optional[int] = None, device: str | torch.device = "cpu") -> torch.Generator:
@@ -130,109 +124,62 @@ def unit_index(group_ids: Optional[Sequence], batch_size: int) -> Tuple[torch.Te
     return torch.tensor(idx, dtype=torch.long), len(seen)
 
 
+def unit_chunks(unit_of_row: Sequence, max_rows: int, lengths: Optional[Sequence[int]] = None) -> List[List[int]]:
+    """Rows grouped by unit, packed greedily into chunks of <= max_rows rows (a unit is never split).
+
+    With ``lengths``, units go in order of their longest utterance, so that a chunk pads little (vmap computes
+    every example at the chunk's longest length); the sum over units does not depend on the order.
+    """
+    groups: Dict[object, List[int]] = {}
+    for i, u in enumerate(unit_of_row):
+        groups.setdefault(u, []).append(i)
+    units = list(groups.values())
+    if lengths is not None:
+        units.sort(key=lambda rows: max(int(lengths[i]) for i in rows))
+    chunks, cur = [], []
+    for rows in units:
+        if cur and len(cur) + len(rows) > max_rows:
+            chunks.append(cur)
+            cur = []
+        cur = cur + rows
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def _zero_nonfinite(unit_grads: Grads) -> Tuple[Grads, int]:
+    """Units whose gradient has a non-finite entry set to zero (a decision on that unit alone); their count."""
+    sq = sum(g.reshape(g.size(0), -1).double().pow(2).sum(1) for g in unit_grads.values())
+    bad = ~torch.isfinite(sq)
+    if not bool(bad.any()):
+        return unit_grads, 0
+    keep = (~bad).to(next(iter(unit_grads.values())).dtype)
+    return {n: torch.nan_to_num(g) * keep.view(-1, *([1] * (g.dim() - 1))).to(g.device)
+            for n, g in unit_grads.items()}, int(bad.sum())
+
+
 @dataclass
 class ClipStats:
-    losses: torch.Tensor  # (B,) per-example transducer losses
+    losses: torch.Tensor  # (B,) per-example losses (per-unit means with the loop method)
     norms: torch.Tensor  # (U,) per-unit gradient norms before clipping
     factors: torch.Tensor  # (U,) clipping factors
     num_units: int
-    extra: Dict[str, float] = field(default_factory=dict)
+    nonfinite_units: int = 0
 
     @property
     def clipped_fraction(self) -> float:
         return float((self.factors < 1.0).float().mean()) if self.num_units else 0.0
 
     def as_dict(self) -> Dict[str, float]:
-        d = {
+        """Operator statistics of one step, under the names the DP-SGD trainer reports."""
+        return {
             "loss": float(self.losses.mean()) if self.losses.numel() else float("nan"),
-            "num_units": float(self.num_units),
-            "grad_norm_median": float(self.norms.median()) if self.norms.numel() else float("nan"),
-            "clipped_fraction": self.clipped_fraction,
+            "batch_utts": float(self.losses.numel()),
+            "batch_units": float(self.num_units),
+            "unit_grad_norm_median": float(self.norms.median()) if self.num_units else float("nan"),
+            "clipped_fraction": self.clipped_fraction if self.num_units else float("nan"),
+            "nonfinite_units": float(self.nonfinite_units),
         }
-        d.update(self.extra)
-        return d
-
-
-# ------------------------------------------------------------------------- functional model pieces
-def _rnn_unrolled(rnn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One-layer batch_first LSTM/GRU from zero state, unrolled (vmap-friendly; same math as nn.LSTM/GRU)."""
-    if rnn.num_layers != 1 or rnn.bidirectional or not rnn.batch_first:
-        raise ValueError("only 1-layer, unidirectional, batch_first RNN layers are supported")
-    w_ih, w_hh = rnn.weight_ih_l0, rnn.weight_hh_l0
-    b_ih = getattr(rnn, "bias_ih_l0", None) if rnn.bias else None
-    b_hh = getattr(rnn, "bias_hh_l0", None) if rnn.bias else None
-    xi = torch.nn.functional.linear(x, w_ih, b_ih)  # (B, L, G*H)
-    H = rnn.hidden_size
-    h = x.new_zeros(x.size(0), H)
-    outs = []
-    if isinstance(rnn, torch.nn.LSTM):
-        c = x.new_zeros(x.size(0), H)
-        for t in range(x.size(1)):
-            gates = xi[:, t] + torch.nn.functional.linear(h, w_hh, b_hh)
-            i, f, g, o = gates.chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            outs.append(h)
-    elif isinstance(rnn, torch.nn.GRU):
-        for t in range(x.size(1)):
-            gh = torch.nn.functional.linear(h, w_hh, b_hh)
-            xr, xz, xn = xi[:, t].chunk(3, dim=-1)
-            hr, hz, hn = gh.chunk(3, dim=-1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
-            h = (1 - z) * n + z * h
-            outs.append(h)
-    else:
-        raise ValueError(f"unsupported RNN {type(rnn).__name__}")
-    return torch.stack(outs, dim=1)
-
-
-def _decoder_forward(decoder: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    from espnet2.asr_transducer.decoder.rnn_decoder import RNNDecoder
-
-    if isinstance(decoder, RNNDecoder):
-        x = decoder.dropout_embed(decoder.embed(labels))
-        for layer in range(decoder.dlayers):
-            x = decoder.dropout_rnn[layer](_rnn_unrolled(decoder.rnn[layer], x))
-        return x
-    return decoder(labels)  # stateless decoder: embedding (+ dropout)
-
-
-class _PerExampleLoss(torch.nn.Module):
-    """Loss of ONE example given its padded features/labels (for vmap over examples): the model's transducer loss
-    and, if it has one, its auxiliary CTC loss, weighted as in ``ESPnetASRTransducerModel.forward``."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, feats, feats_len, text, text_len, keep_blocks: Optional[List[bool]] = None):
-        m = self.model
-        enc = m.encoder
-        x = feats.unsqueeze(0)  # (1, T, F)
-        mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) >= feats_len.view(1, 1)
-        x, mask = enc.embed(x, mask)
-        pos_enc = enc.pos_enc(x)
-        for i, block in enumerate(enc.encoders.blocks):
-            if keep_blocks is None or keep_blocks[i]:
-                x, mask, pos_enc = block(x, pos_enc, mask, chunk_mask=None)
-        x = enc.encoders.norm_blocks(x)
-        t_len = (~mask).sum(-1)  # (1,)
-
-        labels = text.view(1, -1)
-        labels = torch.where(labels == m.ignore_id, torch.zeros_like(labels), labels)  # pad with blank (0)
-        dec_in = torch.cat([torch.zeros_like(labels[:, :1]), labels], dim=1)
-        dec_out = _decoder_forward(m.decoder, dec_in)
-        joint = m.joint_network(x.unsqueeze(2), dec_out.unsqueeze(1))
-        loss = rnnt_loss_logspace(joint.float(), labels, t_len, text_len.view(1), blank=0, reduction="sum")
-        loss = m.transducer_weight * loss
-        if m.use_auxiliary_ctc:
-            # as ESPnet's _calc_ctc_loss: dropout (always on there) on the encoder output, then ctc_lin
-            ctc_in = m.ctc_lin(torch.nn.functional.dropout(x, p=m.ctc_dropout_rate))
-            ctc = ctc_loss_logspace(torch.log_softmax(ctc_in, dim=-1), labels, t_len, text_len.view(1))
-            loss = loss + m.auxiliary_ctc_weight * ctc.sum()
-        return loss
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -266,7 +213,7 @@ class PerExampleGradients:
         self.model = model
         self.method = method
         self.chunk_size = chunk_size
-        self._loss_module = _PerExampleLoss(model)
+        self._loss_module = PerExampleLoss(model)
 
     # ---------------------------------------------------------------------------------- utilities
     def _release_cached_tensors(self) -> None:
@@ -341,6 +288,25 @@ class PerExampleGradients:
             losses.append(l)
         return {n: torch.stack([g[n] for g in per]) for n in per[0]}, torch.stack(losses)
 
+    def unit_grads(self, speech, speech_lengths, text, text_lengths, group_ids: Optional[Sequence] = None
+                   ) -> Tuple[Grads, torch.Tensor]:
+        """Unclipped gradient of each unit ({name: (U, ...)}, units in order of first appearance) and per-example
+        losses (B,; per-unit means with the loop method)."""
+        idx, n_units = unit_index(group_ids, int(speech.size(0)))
+        if self.method == "vmap":
+            per, losses = self._vmap_example_grads(speech, speech_lengths, text, text_lengths)
+            if n_units != len(idx):
+                per = {n: g.new_zeros((n_units,) + g.shape[1:]).index_add_(0, idx.to(g.device), g)
+                       for n, g in per.items()}
+            return per, losses
+        units, losses = [], torch.zeros(len(idx))
+        for u in range(n_units):
+            rows = (idx == u).nonzero().flatten()
+            g, l = self._unit_grad_loop(speech, speech_lengths, text, text_lengths, rows)
+            units.append(g)
+            losses[rows] = float(l) / len(rows)
+        return {n: torch.stack([g[n] for g in units]) for n in units[0]}, losses
+
     def clipped_grad_sum(
         self,
         speech: torch.Tensor,
@@ -349,35 +315,31 @@ class PerExampleGradients:
         text_lengths: torch.Tensor,
         clip_norm: float,
         group_ids: Optional[Sequence] = None,
+        max_rows: Optional[int] = None,
     ) -> Tuple[Grads, ClipStats]:
-        """Sum over units of the clipped per-unit gradient (no noise). Handles an empty batch (zeros)."""
-        ps = self.trainable()
+        """Sum over units of the clipped per-unit gradient (no noise), computed in passes of at most ``max_rows``
+        examples (memory; a unit is never split; None: one pass). Handles an empty batch (zeros)."""
+        total = {n: torch.zeros_like(p) for n, p in self.trainable().items()}
         B = 0 if speech is None else int(speech.size(0))
         if B == 0:
-            zero = {n: torch.zeros_like(p) for n, p in ps.items()}
-            return zero, ClipStats(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0)
-        idx, U = unit_index(group_ids, B)
-
-        if self.method == "vmap":
-            per, losses = self._vmap_example_grads(speech, speech_lengths, text, text_lengths)
-            if group_ids is not None:
-                per = {n: g.new_zeros((U,) + g.shape[1:]).index_add_(0, idx.to(g.device), g) for n, g in per.items()}
-            total, norms, factors = clip_and_sum(per, clip_norm)
-            return total, ClipStats(losses, norms, factors, U)
-
-        # loop: one backward per unit, accumulate clipped gradients without storing them all
-        total = {n: torch.zeros_like(p) for n, p in ps.items()}
-        norms, factors, losses = [], [], torch.zeros(B)
-        for u in range(U):
-            rows = (idx == u).nonzero().flatten()
-            g, l = self._unit_grad_loop(speech, speech_lengths, text, text_lengths, rows)
-            s, nrm, fac = clip_and_sum({n: v.unsqueeze(0) for n, v in g.items()}, clip_norm)
+            return total, ClipStats(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0)
+        gids = list(range(B)) if group_ids is None else list(group_ids)
+        norms, factors, losses, nonfinite = [], [], torch.zeros(B), 0
+        for rows in unit_chunks(gids, max_rows or B, speech_lengths.tolist()):
+            idx = torch.tensor(rows, dtype=torch.long, device=speech.device)
+            sl, tl = speech_lengths[idx], text_lengths[idx]
+            per, l = self.unit_grads(speech[idx][:, : int(sl.max())], sl, text[idx][:, : max(int(tl.max()), 1)], tl,
+                                     [gids[i] for i in rows])
+            per, bad = _zero_nonfinite(per)
+            s, nrm, fac = clip_and_sum(per, clip_norm)
             for n in total:
                 total[n] += s[n]
-            norms.append(nrm)
-            factors.append(fac)
-            losses[rows] = float(l) / len(rows)  # per-unit mean (per-example losses are not separated here)
-        return total, ClipStats(losses, torch.cat(norms), torch.cat(factors), U)
+            norms.append(nrm.cpu())
+            factors.append(fac.cpu())
+            losses[rows] = l.detach().float().cpu()
+            nonfinite += bad
+        norms_all = torch.cat(norms)
+        return total, ClipStats(losses, norms_all, torch.cat(factors), int(norms_all.numel()), nonfinite)
 
     def noisy_grad(
         self,
@@ -389,15 +351,19 @@ class PerExampleGradients:
         noise_multiplier: float,
         expected_batch_size: float,
         group_ids: Optional[Sequence] = None,
+        max_rows: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
     ) -> Tuple[Grads, ClipStats]:
         """(sum of clipped unit gradients + N(0, (sigma C)^2)) / expected_batch_size, with its stats."""
-        total, stats = self.clipped_grad_sum(speech, speech_lengths, text, text_lengths, clip_norm, group_ids)
+        total, stats = self.clipped_grad_sum(speech, speech_lengths, text, text_lengths, clip_norm, group_ids,
+                                             max_rows)
         return add_noise(total, clip_norm, noise_multiplier, expected_batch_size, generator), stats
 
     def dp_step_grads(self, *args, **kwargs) -> ClipStats:
-        """``noisy_grad`` written into ``param.grad`` of the model's trainable parameters (ready for optimizer.step)."""
+        """``noisy_grad`` written into ``param.grad`` (None for frozen parameters), ready for optimizer.step."""
         g, stats = self.noisy_grad(*args, **kwargs)
+        for p in self.model.parameters():
+            p.grad = None
         for n, p in self.trainable().items():
             p.grad = g[n].to(p.dtype)
         return stats

@@ -12,19 +12,31 @@ Both read the same things: the plan (``plan_dp``'s dict, or ``dp_report.json`` a
 files (ESPnet's ``train_data_path_and_name_and_type``, plus utt2spk for the speaker unit) and the system
 directory's name. The data enter the id through the SHA-256 of those files: the id is kept in the ledger, an
 operator file, and never written into a released file.
+
+``release_model`` is the end of a training run: the final report (``final_report``: the plan, the epsilon of every
+step taken, the notes on what is released) into dp_report.json and config.yaml (``dp_report``); with a ledger the
+model is recorded there (refused over budget: then no privacy.json); then privacy.json, listing every noise
+segment and whether the final epsilon met the target.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 import yaml
+from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 
 from espnet_pate.asr.decode import MODEL_FILE  # what stage 7 decodes and the model zoo packs
 from espnet_pate.dpsgd.accounting import rdp_curve
-from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger, Release, file_sha256, make_release_id
+from espnet_pate.dpsgd.plan import spent_epsilon
+from espnet_pate.privacy.digests import file_sha256, make_release_id
+from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger, Release
+from espnet_pate.report.privacy_json import write_privacy_info
+
+logger = logging.getLogger(__name__)
 
 REPORT_FILE = "dp_report.json"
 MECHANISM = "dpsgd"
@@ -32,7 +44,17 @@ MECHANISM = "dpsgd"
 ID_KEYS = ("sampling", "unit", "num_units", "sample_rate", "steps_per_epoch", "max_epoch", "planned_steps",
            "clip_norm", "noise_multiplier", "target_epsilon", "delta", "accountant", "seed")
 
-__all__ = ["MODEL_FILE", "REPORT_FILE", "check_plan_fits", "data_files", "record_dpsgd_model", "release_id"]
+MODEL_SELECTION_NOTE = (
+    "Checkpoint selection, early stopping and n-best averaging use the validation set only (held-out dev data, "
+    "not sensitive): they are post-processing of the DP-SGD iterates and cost no privacy. Options that would rank "
+    "epochs on training (sensitive) statistics are rejected.")
+LOG_NOTE = (
+    "Training logs and checkpoint.pth's reporter hold un-noised statistics of sensitive data (per-step loss, batch "
+    "sizes, clipped fraction, gradient norms): for the operator only, never released. Released: the model files, "
+    "config.yaml, privacy.json and dp_report.json.")
+
+__all__ = ["MODEL_FILE", "REPORT_FILE", "check_plan_fits", "data_files", "final_report", "record_dpsgd_model",
+           "release_id", "release_model"]
 
 
 def data_files(train_data_path_and_name_and_type: Iterable[Sequence[str]], plan: Dict) -> List[str]:
@@ -97,3 +119,69 @@ def record_dpsgd_model(ledger_path: str, system_dir: os.PathLike | str) -> Tuple
     return ledger.record(_what(system_dir), MECHANISM, params, rdp_curve(segments, ledger.orders),
                          int(report["steps"]), release_id=rid, data_dependent=False,
                          outputs=f"sha256:{file_sha256(model)}", details=details)
+
+
+def final_report(plan: Dict, accountant, history: List[Dict]) -> Dict[str, object]:
+    """The plan with what the run spent: the epsilon of every step taken (``accountant``), per-epoch history."""
+    details = spent_epsilon(accountant)
+    eps = float(details["eps"])
+    target = plan["target_epsilon"]
+    report = dict(plan)
+    report.update({
+        "status": "finished",
+        "epsilon": eps,
+        "steps": accountant.steps,
+        "epochs_trained": len(history),
+        "segments": accountant.segments,
+        "within_target": None if target is None else bool(eps <= target),
+        "history": history,
+        "accountant_details": {k: v for k, v in details.items() if k not in ("segments", "steps", "eps")},
+        "data_dependent": False,
+        "epsilon_is_proven_bound": plan["sampling"] == "poisson",
+        "seed_fixed_not_for_release": plan["seed"] is not None,
+        "model_selection": MODEL_SELECTION_NOTE,
+        "logs": LOG_NOTE,
+    })
+    if target is not None and eps > target:
+        logger.warning("DP-SGD: final epsilon %.4g exceeds the target %.4g (settings changed on resume?)", eps, target)
+    return report
+
+
+def release_model(report: Dict, output_dir: Path) -> None:
+    """dp_report.json, config.yaml's ``dp_report``, the ledger record (with a ledger), then privacy.json."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    cfg = output_dir / "config.yaml"
+    if cfg.exists():
+        with cfg.open(encoding="utf-8") as f:
+            conf = yaml.safe_load(f) or {}
+        conf["dp_report"] = json.loads(json.dumps(report))  # plain types
+        with cfg.open("w", encoding="utf-8") as f:
+            yaml_no_alias_safe_dump(conf, f, indent=4, sort_keys=False)
+    ledger = report.get("ledger")
+    if ledger:
+        with PrivacyLedger(ledger, create=False).exclusive():  # the release: record, then the claim
+            _, new = record_dpsgd_model(ledger, output_dir)
+            logger.info("DP-SGD model %s in the privacy ledger %s", "recorded" if new else "already recorded", ledger)
+            write_privacy_claim(output_dir, report)
+    else:
+        write_privacy_claim(output_dir, report)
+
+
+def write_privacy_claim(output_dir: Path, report: Dict) -> None:
+    """privacy.json of a finished run from its report: every noise segment, and whether it met its target."""
+    segments = [{"sample_rate": q, "noise_multiplier": s, "steps": n} for q, s, n in report["segments"]]
+    described = "; ".join(f"{g['steps']} steps at q={g['sample_rate']:.4g}, sigma={g['noise_multiplier']:.4g}"
+                          for g in segments) or "no steps"
+    note = f"DP-SGD fine-tune, {report['sampling']} sampling, C={report['clip_norm']:g}: {described}"
+    if report["sampling"] != "poisson":
+        note += "; batches not Poisson-sampled: epsilon is NOT a proven bound"
+    if report["seed"] is not None:
+        note += "; fixed DP seed: not for release"
+    write_privacy_info(
+        output_dir, epsilon=report["epsilon"], delta=report["delta"], unit=report["unit"],
+        mechanism="dpsgd" if report["sampling"] == "poisson" else "dpsgd_shuffle",
+        accountant=report["accountant_details"].get("accountant", report["accountant"]), data_dependent=False,
+        target_epsilon=report["target_epsilon"], met_target=report["within_target"], segments=segments,
+        clip_norm=report["clip_norm"], steps=report["steps"], num_units_public=report["num_units"],
+        ledger=report.get("ledger"), note=note)

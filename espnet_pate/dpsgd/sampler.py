@@ -23,51 +23,27 @@ import numpy as np
 
 from espnet2.iterators.abs_iter_factory import AbsIterFactory
 
+from espnet_pate.privacy.units import PRIVACY_UNITS
+
 logger = logging.getLogger(__name__)
 
 SAMPLINGS = ("poisson", "shuffle")
-UNITS = ("utterance", "speaker")
 
 __all__ = [
     "SAMPLINGS",
-    "UNITS",
     "DpBatchSampler",
     "DpIterFactory",
     "build_units",
     "epoch_rng",
-    "read_keys",
-    "read_utt2spk",
+    "epoch_seed_sequence",
 ]
-
-
-def read_keys(path) -> List[str]:
-    """First column of a Kaldi-style table (a shape file, wav.scp, text): the utterance ids, in file order."""
-    keys = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                keys.append(line.split(maxsplit=1)[0])
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{path}: duplicate utterance ids")
-    return keys
-
-
-def read_utt2spk(path) -> Dict[str, str]:
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 2:
-                out[parts[0]] = parts[1]
-    return out
 
 
 def build_units(keys: Sequence[str], unit: str, utt2spk: Optional[Dict[str, str]] = None
                 ) -> Tuple[List[str], List[List[str]]]:
     """``(unit_ids, utterances of each unit)`` in a deterministic order (sorted unit ids, utterances sorted)."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    if unit not in PRIVACY_UNITS:
+        raise ValueError(f"unit must be one of {PRIVACY_UNITS}, got {unit!r}")
     if unit == "utterance":
         ks = sorted(keys)
         return ks, [[k] for k in ks]
@@ -83,12 +59,17 @@ def build_units(keys: Sequence[str], unit: str, utt2spk: Optional[Dict[str, str]
     return ids, [sorted(groups[s]) for s in ids]
 
 
+def epoch_seed_sequence(seed: int, epoch: int, stream: int) -> np.random.SeedSequence:
+    """The randomness of one epoch and stream of a run with a fixed seed: a function of (seed, epoch, stream)."""
+    seed = int(seed) % 2**64
+    return np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, int(epoch), stream])
+
+
 def epoch_rng(seed: Optional[int], epoch: int, stream: int) -> np.random.Generator:
     """numpy Generator for one epoch and stream: from (seed, epoch, stream), or OS entropy if seed is None."""
     if seed is None:
         return np.random.default_rng()
-    seed = int(seed) % 2**64
-    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, int(epoch), stream]))
+    return np.random.default_rng(epoch_seed_sequence(seed, epoch, stream))
 
 
 class DpBatchSampler:

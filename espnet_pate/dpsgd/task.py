@@ -21,7 +21,9 @@ from espnet2.train.distributed_utils import DistributedOption
 from espnet_pate.asr.transducer_task import PateASRTransducerTask
 from espnet_pate.dpsgd.model_fixes import make_dp_exact
 from espnet_pate.dpsgd.sampler import DpBatchSampler, DpIterFactory
-from espnet_pate.dpsgd.trainer import DPSGDTrainer, dp_options, load_units, plan_dp
+from espnet_pate.dpsgd.options import dp_options
+from espnet_pate.dpsgd.plan import load_units, plan_dp
+from espnet_pate.dpsgd.trainer import DPSGDTrainer
 
 
 class DPSGDASRTransducerTask(PateASRTransducerTask):

@@ -2,7 +2,7 @@
 
 Each head's tensors are stacked on a leading teacher axis [K, ...]. One forward runs the decoder and the joint
 network of a group of teachers with one ``bmm`` per projection (``StackedRNNDecoder``/``StackedJoint`` of
-espnet_pate.ensemble.teachers, the same code lock-step decoding uses), each teacher on its own batch, and the
+espnet_pate.ensemble.stacked_heads, the same code lock-step decoding uses), each teacher on its own batch, and the
 RNN-T loss of all of them in ONE call of the loss ESPnet's model uses (espnet_pate.asr.rnnt_loss, torchaudio) on
 the [G*B, T, U+1, V] logits with reduction "none" (by default its pure-PyTorch recursion, backend "torch": the
 same values as torchaudio's kernel, and faster on CPU here, see README); each teacher's loss is then the sum
@@ -22,7 +22,7 @@ import torch
 
 from espnet_pate.ensemble.encoder_cache import CachedUtt
 from espnet_pate.asr.rnnt_loss import RNNTLoss
-from espnet_pate.ensemble.teachers import StackedJoint, StackedRNNDecoder
+from espnet_pate.ensemble.stacked_heads import StackedJoint, StackedRNNDecoder
 
 HEAD_PREFIXES = ("decoder.", "joint_network.")
 BLANK = 0  # ESPnet transducers: blank (and the decoder's embedding padding) is id 0

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from espnet_pate.asr.train_config import ARCHITECTURE_KEYS, resolve_config
 from espnet_pate.ensemble.encoder_cache import encode_kaldi_dir, token_ids_fn
 from espnet_pate.ensemble.head_experiments import teacher_config, write_teacher_dir
 from espnet_pate.ensemble.joint_heads import (StackedAdam, StackedHeads, bucket_shape, clip_per_teacher, make_batch,
@@ -43,16 +44,11 @@ DEFAULTS = {"batch_type": "sorted", "batch_size": 16, "max_epoch": 10, "patience
 
 
 def load_train_config(path: os.PathLike | str) -> Dict:
-    """Training options: conf/train_teacher_heads*.yaml, or an ESPnet teacher config (conf/train_teacher_head*.yaml,
-    whose architecture keys are ignored: the architecture is the public model's). Unsupported settings raise."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read the training config: {e}") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of options")
-    cfg = {**DEFAULTS, **raw}
+    """Training options: conf/train_teacher_heads*.yaml, or an ESPnet teacher config (conf/train_teacher_head*.yaml),
+    resolved over their base_config; architecture keys are dropped (the architecture is the public model's).
+    Unsupported settings raise."""
+    raw = resolve_config(path)
+    cfg = {**DEFAULTS, **{k: v for k, v in raw.items() if k not in ARCHITECTURE_KEYS}}
     problems = []
     if cfg["optim"] != "adam":
         problems.append(f"optim {cfg['optim']!r} (only adam)")

@@ -27,16 +27,18 @@ import numpy as np
 
 from espnet_pate.data.kaldi_dir import read_table
 from espnet_pate.ensemble.pate_plan import (  # noqa: F401 -- the stage's public names, re-exported
-    LEVELS, MECHANISMS, UNITS, ConfigError, RunSettings, load_config, make_aggregator, query_order, resolve_entry,
+    LEVELS, MECHANISMS, ConfigError, RunSettings, load_config, make_aggregator, query_order, resolve_entry,
 )
 from espnet_pate.ensemble.pate_release import PENDING, TEXT, release_entry  # noqa: F401
 from espnet_pate.ensemble.pate_report import OPERATOR_NOTE, agreement_histogram, agreement_of_counts
 from espnet_pate.privacy.accounting import RunCost, confident_gnmax_cost, gnmax_cost, lnmax_cost
 from espnet_pate.privacy.budget import PrivacyBudget
 from espnet_pate.privacy.conversion import eps_from_rdp
-from espnet_pate.privacy.ledger import PrivacyLedger, file_sha256
+from espnet_pate.privacy.digests import file_sha256
+from espnet_pate.privacy.ledger import PrivacyLedger
 from espnet_pate.privacy.orders import as_orders, orders_id
 from espnet_pate.privacy.plurality import plurality_cost
+from espnet_pate.privacy.units import PRIVACY_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -318,9 +320,11 @@ def label_entry(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, seed: Opti
 
 def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, beam_size: int = 8,
                      levels: Sequence[str] = ("token", "utterance", "plurality"), ensemble=None,
-                     shadow: bool = False) -> dict:
+                     shadow: bool = False, withheld_words: Optional[Sequence[str]] = None,
+                     withheld_utts: int = 120) -> dict:
     """Noise-free agreement of the teachers on ``num_utts`` public utterances (evenly spread). Nothing is released
-    and nothing recorded. With shadow teachers (trained on shards of public data, ``shadow=True``) the result is
+    and nothing recorded. With ``withheld_words``, also the plurality's agreement on up to ``withheld_utts``
+    utterances whose true transcript (the data's text, evaluation only) holds one and as many without. With shadow teachers (trained on shards of public data, ``shadow=True``) the result is
     public and may size the settings; with the real teachers it describes the sensitive votes: an operator
     diagnostic that must never size a setting (PRIVACY.md)."""
     from espnet_pate.ensemble.lockstep import LockstepDecoder, NoiselessPlurality
@@ -350,6 +354,11 @@ def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, 
         tops = agreement_counts([texts for _, texts in ctx.own_transcripts(utts) if texts is not None])
         out["plurality"] = {"queries": len(tops), "top_counts": tops.tolist(),
                             "all": agreement_of_counts(tops, K)}
+    if withheld_words is not None:
+        from espnet_pate.ensemble.withheld_agreement import withheld_agreement
+
+        text = read_table(Path(inputs.data_dir) / "text")
+        out["withheld_agreement"] = withheld_agreement(ctx, text, withheld_words, withheld_utts)
     return out
 
 
@@ -363,8 +372,8 @@ def run_stage4(config, inputs: Stage4Inputs, ledger: PrivacyLedger, only: Option
     An entry the ledger refuses raises ``BudgetExceededError`` after the entries before it are done.
     """
     conf = load_config(config) if not isinstance(config, dict) else config
-    if inputs.unit not in UNITS:
-        raise ConfigError(f"privacy unit must be one of {UNITS}, got {inputs.unit!r}")
+    if inputs.unit not in PRIVACY_UNITS:
+        raise ConfigError(f"privacy unit must be one of {PRIVACY_UNITS}, got {inputs.unit!r}")
     names = list(conf["runs"]) if only is None else list(only)
     missing = [n for n in names if n not in conf["runs"]]
     if missing:

@@ -29,7 +29,6 @@ from espnet_pate.privacy.plurality import (
 
 MECHANISMS = ("lnmax", "gnmax", "confident_gnmax", "plurality")
 LEVELS = ("token", "utterance")
-UNITS = ("speaker", "utterance")
 SELECTIONS = ("first", "shortest")
 
 NOISE_KEYS = {"gnmax": ("sigma",), "lnmax": ("laplace_scale",), "confident_gnmax": ("sigma1", "threshold", "sigma2"),

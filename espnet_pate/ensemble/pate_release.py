@@ -19,7 +19,6 @@ says how to go on (rerun with the settings that drew it, which records and pays 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,16 +28,13 @@ from typing import Callable, Mapping, Optional
 
 from espnet_pate.ensemble.pate_plan import RunSettings
 from espnet_pate.ensemble.pate_report import report_markdown, write_student_privacy_info
-from espnet_pate.privacy.ledger import PrivacyLedger, file_sha256, make_release_id
+from espnet_pate.privacy.digests import bytes_sha256, file_sha256, make_release_id
+from espnet_pate.privacy.ledger import PrivacyLedger
 
 log = logging.getLogger(__name__)
 
 PENDING = ".pending"
 REPORT_JSON, REPORT_MD, TEXT = "privacy_report.json", "privacy_report.md", "text"
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def kaldi_text_bytes(labels: Mapping[str, str]) -> bytes:
@@ -64,7 +60,7 @@ def save_pending(pending: Path, bundle: dict, release_id: str) -> dict:
     pending.mkdir(parents=True, exist_ok=True)
     text = kaldi_text_bytes(bundle["labels"])
     meta = {k: v for k, v in bundle.items() if k != "labels"}
-    meta.update(release_id=release_id, text_sha256=sha256_bytes(text), labelled_utterances=len(bundle["labels"]))
+    meta.update(release_id=release_id, text_sha256=bytes_sha256(text), labelled_utterances=len(bundle["labels"]))
     write_fsync(pending / TEXT, text)
     write_fsync(pending / "meta.json", json.dumps(meta, default=float).encode())
     return meta

@@ -47,15 +47,9 @@ log = logging.getLogger(__name__)
 
 def load_public_nbest(model_dir, nbest: int, beam_size: Optional[int] = None, device: str = "cpu"):
     """The stock ``Speech2Text`` of the public model, set up to return ``nbest`` hypotheses."""
-    from pathlib import Path
+    from espnet_pate.asr.decode import load_speech2text
 
-    from espnet2.bin.asr_transducer_inference import Speech2Text
-
-    from espnet_pate.ensemble.teachers import CONFIG_FILE, MODEL_FILE
-
-    model_dir = Path(model_dir)
-    return Speech2Text(asr_train_config=str(model_dir / CONFIG_FILE), asr_model_file=str(model_dir / MODEL_FILE),
-                       device=device, beam_size=max(int(beam_size or nbest), nbest), nbest=nbest)
+    return load_speech2text(model_dir, device=device, beam_size=max(int(beam_size or nbest), nbest), nbest=nbest)
 
 
 def public_candidates(speech2text, speech, nbest: int) -> List[List[int]]:

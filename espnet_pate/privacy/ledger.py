@@ -42,17 +42,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import hashlib
-import json
-import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from espnet_pate.privacy.conversion import CONVERSIONS, eps_from_rdp
+from espnet_pate.privacy.digests import canonical, make_release_id
+from espnet_pate.privacy.ledger_file import LedgerCorruptError, LedgerFile
 from espnet_pate.privacy.orders import as_orders, orders_id
 
 __all__ = [
@@ -63,22 +62,15 @@ __all__ = [
     "PrivacyLedger",
     "Release",
     "ReleaseConflictError",
-    "file_sha256",
-    "make_release_id",
     "read_budget_config",
 ]
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: releases without eps_extra / delta_extra (read as 0)
-log = logging.getLogger(__name__)
 
 
 class BudgetExceededError(RuntimeError):
     """Recording the release would take the ledger's total above its budget; nothing was recorded."""
-
-
-class LedgerCorruptError(RuntimeError):
-    """A complete ledger line is unreadable or fails its checksum: not a crash artefact, so nothing is guessed."""
 
 
 class LedgerMismatchError(ValueError):
@@ -91,56 +83,6 @@ class LedgerMissingError(FileNotFoundError):
 
 class ReleaseConflictError(RuntimeError):
     """A release id that is already recorded came back with a different cost or different outputs."""
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        arr = np.ascontiguousarray(value)
-        return {"array_sha256": hashlib.sha256(arr.tobytes()).hexdigest(), "shape": list(arr.shape),
-                "dtype": arr.dtype.str}
-    if isinstance(value, bytes):
-        return {"bytes_sha256": hashlib.sha256(value).hexdigest()}
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def file_sha256(path: os.PathLike | str) -> str:
-    """SHA-256 of a file's bytes (a release's outputs: labels, a model file)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def make_release_id(what: str, mechanism: str, params: dict, inputs: Any = None) -> str:
-    """A stable id for a release: SHA-256 of its settings and inputs (arrays and bytes enter by their hash)."""
-    payload = json.dumps(_canonical({"what": what, "mechanism": mechanism, "params": params, "inputs": inputs}),
-                         sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def _checksum(obj: dict) -> str:
-    body = {k: v for k, v in obj.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _line(obj: dict) -> bytes:
-    obj = dict(obj, sha256=_checksum(obj))
-    return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode()
-
-
-def _parse(raw: bytes) -> Optional[dict]:
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) and obj.get("sha256") == _checksum(obj) else None
 
 
 def _check_extra(eps_extra: float, delta_extra: float) -> Tuple[float, float]:
@@ -211,9 +153,6 @@ def read_budget_config(path: str) -> Tuple[float, float]:
     return eps_budget, delta
 
 
-_HELD: Dict[str, List[int]] = {}  # lock file -> [fd, depth]: exclusive() is re-entrant within a process
-
-
 class PrivacyLedger:
     """``PrivacyLedger(path, eps_budget=8, delta=1e-5)``: open or create the ledger of one sensitive data set.
 
@@ -229,6 +168,7 @@ class PrivacyLedger:
         if conversion is not None and conversion not in CONVERSIONS:
             raise ValueError(f"conversion must be one of {CONVERSIONS}, got {conversion!r}")
         self.path = path
+        self._file = LedgerFile(path)
         self.eps_budget = None if eps_budget is None else float(eps_budget)
         self.delta = None if delta is None else float(delta)
         self.conversion = conversion or "improved"
@@ -237,8 +177,8 @@ class PrivacyLedger:
         if not create and not os.path.exists(path):
             raise LedgerMissingError(f"no privacy ledger at {path}: create it first (python -m "
                                      "espnet_pate.bin.privacy_ledger init --ledger PATH --config conf/privacy.yaml)")
-        with self._locked(fcntl.LOCK_EX) as f:
-            header, _, _ = self._read(f)
+        with self._file.locked(fcntl.LOCK_EX) as f:
+            header, _, _ = self._file.read(f)
             if header is None:
                 if not create:
                     raise LedgerMissingError(f"{path} holds no ledger header")
@@ -275,91 +215,20 @@ class PrivacyLedger:
         if self.orders_id != header.get("orders_id"):
             raise LedgerCorruptError(f"{self.path}: the header's orders do not match its orders_id")
 
-    # ------------------------------------------------------------------------------------------ file access
-    @contextlib.contextmanager
-    def _locked(self, mode: int):
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(self.path, "a+b") as f:
-            fcntl.flock(f.fileno(), mode)
-            try:
-                yield f
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator["PrivacyLedger"]:
-        """Hold ``<ledger>.lock`` exclusively for a whole release (decode -> pending -> record -> final write)."""
-        key = os.path.realpath(self.path) + ".lock"
-        held = _HELD.get(key)
-        if held is not None:
-            held[1] += 1
-            try:
-                yield self
-            finally:
-                held[1] -= 1
-            return
-        os.makedirs(os.path.dirname(key), exist_ok=True)
-        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            _HELD[key] = [fd, 1]
-            try:
-                yield self
-            finally:
-                del _HELD[key]
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def _read(self, f) -> Tuple[Optional[dict], List[dict], int]:
-        """(header, records, length of the valid prefix in bytes); warns about a torn tail."""
-        f.seek(0)
-        data = f.read()
-        lines = data.split(b"\n")
-        complete, tail = lines[:-1], lines[-1]  # tail: bytes after the last newline
-        parsed, good = [], 0
-        for i, raw in enumerate(complete):
-            obj = _parse(raw)
-            if obj is None:
-                raise LedgerCorruptError(
-                    f"{self.path}: line {i + 1} is a complete line that is unreadable or fails its checksum; only "
-                    "bytes after the last newline can be a crash artefact. Its cost is unknown: restore the ledger "
-                    "from a backup; do not edit it by hand.")
-            parsed.append(obj)
-            good += len(raw) + 1
-        if tail:
-            log.warning("%s: ignoring a torn last record (%d bytes after the last newline), left by an interrupted "
-                        "write; it spent nothing and will be cut off before the next append", self.path, len(tail))
-        if not parsed:
-            return None, [], good
-        header, records = parsed[0], parsed[1:]
-        if header.get("kind") != "header":
-            raise LedgerCorruptError(f"{self.path}: line 1 is not a ledger header")
-        return header, records, good
-
-    def _append(self, f, obj: dict, valid_length: int) -> None:
-        fd = f.fileno()
-        if os.fstat(fd).st_size != valid_length:
-            os.ftruncate(fd, valid_length)  # cut a torn tail, never a complete record
-        data = _line(obj)
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
-
     def _create(self, f) -> None:
         header = {"kind": "header", "format_version": FORMAT_VERSION, "orders_id": self.orders_id,
                   "orders": self.orders.tolist(), "eps_budget": self.eps_budget, "delta": self.delta,
                   "conversion": self.conversion, "time": _now()}
-        self._append(f, header, 0)
-        dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._file.create(f, header)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator["PrivacyLedger"]:
+        """Hold ``<ledger>.lock`` exclusively for a whole release (decode -> pending -> record -> final write)."""
+        with self._file.exclusive():
+            yield self
 
     def _load(self, f) -> Tuple[List[Release], int]:
-        header, records, valid = self._read(f)
+        header, records, valid = self._file.read(f)
         if header is None:
             raise LedgerCorruptError(f"{self.path}: no header")
         if header.get("format_version") not in READABLE_VERSIONS:
@@ -376,7 +245,7 @@ class PrivacyLedger:
     # ------------------------------------------------------------------------------------------------ queries
     @property
     def releases(self) -> List[Release]:
-        with self._locked(fcntl.LOCK_SH) as f:
+        with self._file.locked(fcntl.LOCK_SH) as f:
             return self._load(f)[0]
 
     def get(self, release_id: str) -> Optional[Release]:
@@ -448,16 +317,16 @@ class PrivacyLedger:
         """Record one release; returns (release, spent_now). spent_now is False when the id was already there."""
         rid = release_id or make_release_id(what, mechanism, params, inputs)
         new = self._candidate(rdp, eps_extra, delta_extra, release_id=rid, what=what, mechanism=mechanism,
-                              params=_canonical(params), queries=int(queries), data_dependent=bool(data_dependent),
-                              outputs=outputs, details=_canonical(details or {}), time=_now())
-        with self._locked(fcntl.LOCK_EX) as f:
+                              params=canonical(params), queries=int(queries), data_dependent=bool(data_dependent),
+                              outputs=outputs, details=canonical(details or {}), time=_now())
+        with self._file.locked(fcntl.LOCK_EX) as f:
             releases, valid = self._load(f)
             old = next((r for r in releases if r.release_id == rid), None)
             if old is not None:
                 self._check_same(old, new)
                 return old, False
             self._check_budget(releases, new)
-            self._append(f, dict(asdict(new), kind="release"), valid)
+            self._file.append(f, dict(asdict(new), kind="release"), valid)
         return new, True
 
     def _check_same(self, old: Release, new: Release) -> None:

@@ -22,12 +22,13 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from espnet_pate.privacy.ledger import LedgerMissingError, PrivacyLedger, file_sha256
+from espnet_pate.privacy.digests import file_sha256
+from espnet_pate.privacy.ledger import LedgerMissingError, PrivacyLedger
+from espnet_pate.privacy.units import PRIVACY_UNITS
 from espnet_pate.report.privacy_json import PRIVACY_FILE, PUBLIC_MECHANISMS, read_privacy_info
 
 CARD_FILE = "privacy_card.json"
 NO_GUARANTEE = "NO PRIVACY GUARANTEE"
-PRIVATE_UNITS = ("utterance", "speaker")
 
 __all__ = ["CARD_FILE", "NO_GUARANTEE", "PackRefused", "card_json", "card_markdown", "privacy_card"]
 
@@ -81,8 +82,8 @@ def release_kind(info: Dict, system_dir: Path, allow_nonprivate: bool = False) -
     if info.get("data_dependent") is not False:
         raise PackRefused(f"{where}: data_dependent is {info.get('data_dependent')!r}: a data-dependent epsilon "
                           "depends on the sensitive data and cannot be published (it must be false)")
-    if info.get("unit") not in PRIVATE_UNITS:
-        raise PackRefused(f"{where}: unit {info.get('unit')!r} (expected one of {PRIVATE_UNITS})")
+    if info.get("unit") not in PRIVACY_UNITS:
+        raise PackRefused(f"{where}: unit {info.get('unit')!r} (expected one of {PRIVACY_UNITS})")
     if not info.get("accountant"):
         raise PackRefused(f"{where}: no accountant named")
     return "private"

@@ -56,9 +56,11 @@ def _table(rows: List[Dict], head: List[str], cells_of) -> List[str]:
     return lines + ["| " + " | ".join(cells_of(r)) + " |" for r in rows]
 
 
-def summary_md(rows: List[Dict], command: str, ledger_total: Optional[Dict] = None) -> str:
+def summary_md(rows: List[Dict], command: str, ledger_total: Optional[Dict] = None,
+               audit: Optional[str] = None) -> str:
     """The recipe's table: one row per released system and budget, its released claim; then the operator
-    diagnostics (teachers: statistics of sensitive data, covered by no privacy claim) in a table of their own."""
+    diagnostics (teachers: statistics of sensitive data, covered by no privacy claim) in a table of their own,
+    and the privacy audits' section (``audit``, espnet_pate.report.audit_table.audit_md) when there is one."""
     sets = sorted({s for r in rows for s in r["scores"]}, key=lambda s: (s != "dev", s))
     keyword_sets = [s for s in sets if any("keywords" in r["scores"].get(s, {}) for r in rows)]
 
@@ -93,6 +95,8 @@ def summary_md(rows: List[Dict], command: str, ledger_total: Optional[Dict] = No
                   "Teachers and other models trained on sensitive data without a mechanism: statistics of the "
                   "sensitive data, for the experimenter only, covered by no privacy claim.", "",
                   *_table(diagnostics, ["system", *score_head], lambda r: [r["system"], *scores(r)])]
+    if audit:
+        lines += ["", audit.rstrip("\n")]
     return "\n".join([*lines, "", "Command:", "", "```sh", command, "```", ""])
 
 
