@@ -329,7 +329,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     log "training in parallel (--nj ${nj}): ${todo[*]/#/${expdir}/} (logs: ${expdir}/<baseline>/train.log)"
     ${train_cmd} --max-jobs-run "$nj" --gpu "$ngpu" JOB=1:${#todo[@]} "${expdir}/log/train_baseline.JOB.log" \
       utils/run_listed.sh BASELINE "${expdir}/log/baseline_list" JOB "${expdir}/BASELINE/train.log" \
-        local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_teacher_full${sfx}.yaml" \
+        local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_nonprivate${sfx}.yaml" \
           --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" --ledger "$ledger" $train_opts
   fi
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
