@@ -33,6 +33,8 @@
 #                              (default true): their agreement, surveyed on --survey_utts public utterances
 #                              (default 100), plans stage 4's `queries: auto` from public information only
 #   --partition_unit U         speaker | utterance (default speaker)
+#   --dpsgd_parts "full head"  what stage 6's DP-SGD trains: the whole model (exp/dpsgd_eps<E>) and/or the teachers'
+#                              part, decoder and joint network over the frozen public encoder (exp/dpsgd_head_eps<E>)
 #   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "4 8", the budgets of
 #                              conf/pate.yaml, so that both methods compare at equal epsilon; debug "8")
 #   --token_type T             char | bpe: the token inventory, from public_labeled text only (default char)
@@ -63,6 +65,7 @@ shadow_teachers=true
 survey_utts=100
 partition_unit=speaker
 dpsgd_eps=""
+dpsgd_parts="full head"
 token_type=char
 nbpe=100
 feats_normalize=global_mvn
@@ -324,7 +327,12 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   # the accountant's state. The privacy unit follows --partition_unit, so that DP-SGD and PATE are compared at the
   # same unit.
   [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="4 8"; }
-  baselines=(nonprivate); dp_dirs=(); for eps in $dpsgd_eps; do baselines+=("dpsgd_eps${eps}"); dp_dirs+=("${expdir}/dpsgd_eps${eps}"); done
+  baselines=(nonprivate); dp_dirs=()
+  for part in $dpsgd_parts; do
+    case "$part" in full) prefix=dpsgd ;; head) prefix=dpsgd_head ;;
+      *) log "error: --dpsgd_parts takes full and/or head, not '${part}'"; exit 2 ;; esac
+    for eps in $dpsgd_eps; do baselines+=("${prefix}_eps${eps}"); dp_dirs+=("${expdir}/${prefix}_eps${eps}"); done
+  done
   log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}; ledger ${ledger}"
   need "${expdir}/public_only/.done" 3
   ${python} -m espnet_pate.bin.privacy_ledger init --ledger "$ledger" --config "$privacy_config"
@@ -333,8 +341,9 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     log "training in parallel (--nj ${nj}): ${todo[*]/#/${expdir}/} (logs: ${expdir}/<baseline>/train.log)"
     ${train_cmd} --max-jobs-run "$nj" --gpu "$ngpu" JOB=1:${#todo[@]} "${expdir}/log/train_baseline.JOB.log" \
       utils/run_listed.sh BASELINE "${expdir}/log/baseline_list" JOB "${expdir}/BASELINE/train.log" \
-        local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_teacher_full${sfx}.yaml" \
-          --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dp_unit "$partition_unit" --ledger "$ledger" $train_opts
+        local/train_baseline.sh --name BASELINE --nonprivate_config "${conf_dir}/train_nonprivate${sfx}.yaml" \
+          --dpsgd_config "${conf_dir}/train_dpsgd${sfx}.yaml" --dpsgd_head_config "${conf_dir}/train_dpsgd_head${sfx}.yaml" \
+          --dp_unit "$partition_unit" --ledger "$ledger" $train_opts
   fi
   ${python} -m espnet_pate.bin.privacy_info "${expdir}/nonprivate" --epsilon inf --mechanism none \
     --unit utterance --note "fine-tuned on all of sensitive without DP"

@@ -131,3 +131,19 @@ def test_stage8_audits_every_released_model_apart_from_the_released_figures(reci
     released, audit = table.split("## Privacy audits (operator diagnostics, not released)")
     assert "| nonprivate | inf (utterance) | lira | speaker |" in audit and "lira" not in released
     assert "never released" in (exp / "audit" / "RESULTS.md").read_text()
+
+
+def test_dpsgd_on_the_teachers_part_changes_only_decoder_and_joint(recipe):
+    """Stage 6's DP-SGD over the frozen public encoder: same footing as the head teachers, and released."""
+    exp = recipe["expdir"]
+    public = torch.load(exp / "public_only" / "valid.loss.ave.pth", map_location="cpu")
+    head = torch.load(exp / "dpsgd_head_eps8" / "valid.loss.ave.pth", map_location="cpu")
+    assert set(public) == set(head)
+    # (BatchNorm's num_batches_tracked is a counter, not a weight: the DP model's frozen statistics reset it)
+    frozen = [k for k in public if k.startswith(("encoder.", "ctc_lin.")) and not k.endswith("num_batches_tracked")]
+    trained = [k for k in public if k.startswith(("decoder.", "joint_network."))]
+    assert frozen and trained
+    assert all(torch.equal(public[k], head[k]) for k in frozen)
+    assert any(not torch.equal(public[k], head[k]) for k in trained)
+    claim = json.loads((exp / "dpsgd_head_eps8" / "privacy.json").read_text())
+    assert claim["mechanism"] == "dpsgd" and 0 < claim["epsilon"] <= 8.0

@@ -230,10 +230,10 @@ def test_recipe_stage_trains_its_baselines_as_a_slurm_job_array(cluster, recipe,
     assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
     assert "utils/slurm.sh" not in out.stderr
     names = (exp / "log/baseline_list").read_text().split()
-    assert sorted(names) == ["dpsgd_eps8", "nonprivate"]
-    ids = [job_id_in(exp / f"log/train_baseline.{k}.log") for k in (1, 2)]
+    assert sorted(names) == ["dpsgd_eps8", "dpsgd_head_eps8", "nonprivate"]
+    ids = [job_id_in(exp / f"log/train_baseline.{k}.log") for k in (1, 2, 3)]
     array = ids[0].split("_")[0]
-    assert ids == [f"{array}_1", f"{array}_2"]
+    assert ids == [f"{array}_1", f"{array}_2", f"{array}_3"]
     for name in names:
         assert (exp / name / ".done").exists()
         # each model's own log starts with its command (the privacy card quotes it) and ends with its exit code
