@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 
 from espnet_pate.asr.decode import MODEL_FILE, decode_data_dir, load_speech2text
 from espnet_pate.data.kaldi_dir import read_table, write_table
-from espnet_pate.report.audit_table import audit_md
-from espnet_pate.report.results import read_privacy_info, relative_to_dpsgd, summary_md, system_results_md
+from espnet_pate.report.results import system_results_md
+from espnet_pate.report.results_writer import write_tables
 from espnet_pate.report.scoring import keyword_recall, score_wer
 
 
@@ -89,23 +89,11 @@ def main(argv=None):
             all_scores = list(ex.map(score_system, system_dirs, *args))
     else:
         all_scores = list(map(score_system, system_dirs, *args))
-    rows = []
     for system_dir, scores in zip(system_dirs, all_scores):
         name = system_dir.name if a.exp_root is None else str(system_dir.relative_to(a.exp_root))
         (system_dir / "RESULTS.md").write_text(system_results_md(name, scores, command, str(decode_config)))
-        rows.append({"system": name, "scores": scores, "privacy": read_privacy_info(system_dir)})
-    relative_to_dpsgd(rows)
-    total = None
-    if a.ledger and Path(a.ledger).exists():
-        from espnet_pate.privacy.ledger import PrivacyLedger
-
-        total = dict(PrivacyLedger(a.ledger, create=False).summary(), ledger=a.ledger)
-    # stage 8's audits, when they exist, keep their own section (operator diagnostics) in the rewritten table
-    audit = audit_md(Path(a.exp_root) / "audit") if a.exp_root else None
-    table = summary_md(rows, command, total, audit)
-    Path(a.results).write_text(table)
-    print(table)
-
+    print(write_tables(Path(a.exp_root) if a.exp_root else None, system_dirs, f"decode_{decode_config.stem}",
+                       a.sets, Path(a.results), command, a.ledger, MODEL_FILE))
 
 if __name__ == "__main__":
     main()
