@@ -280,7 +280,9 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  log "Stage 5: students on the audio of public_unlabeled with ${student_text:-the pseudo-transcripts of stage 4}"
+  # the untranscribed public set stage 4 labelled: recorded in each student's privacy.json (RESULTS.md's source)
+  student_audio=public_unlabeled
+  log "Stage 5: students on the audio of ${student_audio} with ${student_text:-the pseudo-transcripts of stage 4}"
   need "${expdir}/public_only/.done" 3
   if [ -n "$student_text" ]; then
     texts=("$student_text")
@@ -294,7 +296,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     # A release can label nothing (every query refused or the budget spent at once): no student then.
     [ -s "$text" ] || { log "skip student_${name}: ${text} labels no utterance"; continue; }
     run_step "${datadir}/student_${name}/.done" ${python} -m espnet_pate.bin.make_student_data \
-      "${datadir}/public_unlabeled" "$text" "${datadir}/student_${name}"
+      "${datadir}/${student_audio}" "$text" "${datadir}/student_${name}"
     names+=("$name")
   done
   unfinished "${expdir}/log/student_list" "${expdir}/student_" "${names[@]}"
@@ -311,7 +313,8 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     [ -f "${expdir}/student_${name}/.done" ] || continue
     # The student sees sensitive data only through the released labels: it inherits their privacy claim.
     if [ -f "$(dirname "$text")/privacy.json" ]; then
-      ${python} -m espnet_pate.bin.privacy_info "${expdir}/student_${name}" --inherit "$(dirname "$text")"
+      ${python} -m espnet_pate.bin.privacy_info "${expdir}/student_${name}" --inherit "$(dirname "$text")" \
+        --public_data "$student_audio"
     else
       ${python} -m espnet_pate.bin.privacy_info "${expdir}/student_${name}" --mechanism "transcripts:${text}" \
         --note "trained on the given transcripts, not on a privacy mechanism's output"

@@ -212,16 +212,18 @@ def test_the_membership_command_writes_every_record_then_exits_3_on_a_violation(
     assert json.loads((root / "audit" / "membership" / "overfit.json").read_text())["violations"]
     from espnet_pate.bin import audit_report
 
-    results = root / "RESULTS.md"
+    results, diagnostics = root / "RESULTS.md", root / "RESULTS_operator_diagnostics.md"
     results.write_text("# Results\n\n| released |\n\nCommand:\n\n```sh\nx\n```\n")
+    diagnostics.write_text("# Operator diagnostics\n\n| teachers |\n\nCommand:\n\n```sh\nx\n```\n")
     audit_report.main(["--audit-dir", str(root / "audit"), "--results", str(results)])
     rows = {" | ".join(line.split(" | ")[i] for i in (0, 2, 3)): line for line in
             (root / "audit" / "RESULTS.md").read_text().splitlines() if line.startswith("| overfit") or
             line.startswith("| unseen")}
     assert "**VIOLATED**" in rows["| overfit | loss | utterance"]
     assert rows["| unseen | loss | utterance"].endswith("| within |")
-    released, audit = results.read_text().split(AUDIT_HEADING)
-    assert "| released |" in released and "overfit" in audit and "Command:" in audit
+    assert AUDIT_HEADING not in results.read_text()  # audits are operator diagnostics: never beside the claims
+    teachers, audit = diagnostics.read_text().split(AUDIT_HEADING)
+    assert "| teachers |" in teachers and "overfit" in audit and "Command:" in audit
 
 
 @pytest.mark.slow
