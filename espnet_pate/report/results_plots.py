@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 __all__ = ["plot_paths", "write_plots"]
 
@@ -47,6 +48,9 @@ def _draw(path: Path, series, ylabel: str, title: str, lines: Dict[str, float]) 
     for (label, y), style in zip(lines.items(), ("--", ":")):
         ax.axhline(y, color="grey", linestyle=style, label=label)
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda x, _: f"{x:g}")  # 0.5, 1, 2, 8 rather than powers of ten
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("released epsilon (log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -113,7 +113,9 @@ def group_rows(rows: List[Dict]) -> List[Dict]:
             "labels": mean_sd([m["labels"] for m in members]),
             "pseudo_label_wer": mean_sd([m["privacy"].get("pseudo_label_wer") for m in members]),
         })
-    return sorted(out, key=lambda g: g["system"])
+    order = ("public_only", "nonprivate", "dpsgd", "pate", "other", "diagnostic")
+    return sorted(out, key=lambda g: (order.index(g["kind"]), g["method"], g["source"],
+                                      float(g["privacy"].get("epsilon") or 0), g["system"]))
 
 
 def _budget(row: Dict):
