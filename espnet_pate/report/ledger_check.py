@@ -78,8 +78,7 @@ def check_results_against_ledger(results: Path, exp_root: Path, ledger_path: Pat
     checked = 0
     for row in released_table(text):
         name = row["system"]
-        dirs = [Path(exp_root) / name] if (Path(exp_root) / name).is_dir() else \
-            sorted(Path(exp_root).glob(f"{name}_seed*"))
+        dirs = [d for d in [Path(exp_root) / name, *sorted(Path(exp_root).glob(f"{name}_seed*"))] if d.is_dir()]
         if not dirs:
             raise ResultsLedgerMismatch(f"{results}: system {name} has no directory under {exp_root}")
         for d in dirs:
