@@ -6,6 +6,7 @@ import pytest
 
 from espnet_pate.bin import privacy_info
 from espnet_pate.dpsgd.accounting import rdp_curve
+from espnet_pate.privacy.conversion import eps_from_rdp
 from espnet_pate.privacy.digests import file_sha256
 from espnet_pate.privacy.ledger import PrivacyLedger
 from espnet_pate.privacy.rdp_gnmax import rdp_gnmax_data_independent
@@ -35,7 +36,7 @@ def _dpsgd(exp, ledger, name, test_wer, sigma):
     (d / MODEL).write_bytes(name.encode())  # the model file whose digest the ledger records
     segments = [(0.05, sigma, 200)]
     rdp = rdp_curve(segments, ledger.orders)
-    eps = ledger.total([ledger._candidate(rdp, 0.0, 0.0)]).eps
+    eps, _ = eps_from_rdp(rdp, DELTA, ledger.orders, ledger.conversion)
     ledger.record(f"dpsgd_model/{name}", "dpsgd", {"sigma": sigma}, rdp, 200, data_dependent=False,
                   outputs=f"sha256:{file_sha256(d / MODEL)}",
                   details={"epsilon_own": eps, "delta_own": DELTA, "system_dir": str(d)})
@@ -50,7 +51,7 @@ def _student(exp, ledger, name, test_wer, labels, sigma=40.0, queries=30, source
     release = exp / "pate_head_k40" / name
     release.mkdir(parents=True)
     rdp = queries * rdp_gnmax_data_independent(sigma, ledger.orders)
-    eps = ledger.total([ledger._candidate(rdp, 0.0, 0.0)]).eps
+    eps, _ = eps_from_rdp(rdp, DELTA, ledger.orders, ledger.conversion)
     rec, _ = ledger.record(f"pate_labels/{name}", "gnmax", {"sigma": sigma, "name": name}, rdp, queries,
                            data_dependent=False, outputs=f"sha256:{name}", details={"eps": eps, "delta": DELTA})
     write_privacy_info(release, epsilon=eps, target_epsilon=8.0, delta=DELTA, unit="speaker",
@@ -140,13 +141,18 @@ def test_plots_are_written_beside_results(tree):
 
 def test_every_epsilon_matches_its_ledger_entry(tree):
     _write(tree)  # checks on write
-    assert check_results_against_ledger(tree["results"], tree["exp"], tree["ledger"].path, MODEL) == 8  # 4 rows, 3 seeds
+    checked = check_results_against_ledger(tree["results"], tree["exp"], tree["ledger"].path, MODEL)
+    assert checked == 8  # 6 rows, one of them 3 seeds
 
 
-@pytest.mark.parametrize("old, new", [("| 1e-05 | speaker | RDP | 3 |", "| 1e-06 | speaker | RDP | 3 |"),
-                                      ("(6 releases", "(5 releases")])
+@pytest.mark.parametrize("old, new", [("STUDENT_EPS | 1e-05 | speaker | RDP | 3 |",
+                                       "0.5 | 1e-05 | speaker | RDP | 3 |"),
+                                      ("| 1e-05 | speaker | RDP | 3 |", "| 1e-06 | speaker | RDP | 3 |"),
+                                      ("(6 releases", "(5 releases"), ("epsilon TOTAL_EPS at", "epsilon 7 at")])
 def test_an_edited_results_file_fails_the_check(tree, old, new):
     text = _write(tree)
+    old = old.replace("STUDENT_EPS", f"{tree['eps']['student']:.4g}").replace(
+        "TOTAL_EPS", f"{tree['ledger'].summary()['eps']:.4g}")
     assert old in text
     tree["results"].write_text(text.replace(old, new, 1))
     with pytest.raises(ResultsLedgerMismatch):
@@ -173,3 +179,16 @@ def test_seeds_with_different_claims_are_not_repeats(tree):
     write_privacy_info(student, **dict(info, public_data="public_unlabeled_diff"))
     with pytest.raises(ValueError, match="not repeats"):
         _write(tree)
+
+
+def test_private_systems_without_a_ledger_stop_stage7(tree):
+    with pytest.raises(ResultsLedgerMismatch, match="no privacy ledger"):
+        write_tables(tree["exp"], tree["systems"], DECODE, ["dev", "test"], tree["results"], "cmd",
+                     str(tree["exp"] / "missing.jsonl"), MODEL)
+
+
+def test_public_data_is_recorded_only_with_an_inherited_claim(tree):
+    with pytest.raises(SystemExit):
+        privacy_info.main([str(tree["exp"] / "x"), "--mechanism", "none", "--public_data", "public_unlabeled"])
+    info = json.loads((tree["exp"] / "student_gnmax_diff_eps8" / "privacy.json").read_text())
+    assert info["public_data"] == "public_unlabeled_diff" and info["release_id"]

@@ -2,11 +2,12 @@
 and that the composed total it states is the ledger's.
 
 Read from the written file, not from the rows that made it: what is checked is what a reader sees. A row's system
-is ``exp/<system>`` or its seeds ``exp/<system>_seed<N>``. Each one's release is found in the ledger by the
-``release_id`` of its privacy.json (PATE: stage 4 writes it, the student inherits it) or else by its model's SHA-256
-(``model_file``, e.g. valid.loss.ave.pth: DP-SGD records it as the release's output); the ledger's own record of the claim (``details``:
-``eps``/``delta`` for PATE, ``epsilon_own``/``delta_own`` for DP-SGD) must read the same in the table's format.
-Epsilon 0 belongs to public-only models and infinity to models without a mechanism: neither is in the ledger.
+is ``exp/<system>`` and its seeds ``exp/<system>_seed<N>``. Each one's release is found in the ledger by the
+``release_id`` of its privacy.json (PATE: stage 4 writes it, the student inherits it) or else by the SHA-256 of its
+``model_file`` (valid.loss.ave.pth: DP-SGD records it as the release's output). The ledger's own record of the claim
+(``details``: ``eps``/``delta`` for PATE, ``epsilon_own``/``delta_own`` for DP-SGD) must read the same in the
+table's format. Epsilon 0 belongs to public-only models and infinity to models without a mechanism: neither is in
+the ledger.
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def collect_rows(exp_root: Path, system_dirs: Sequence[Path], decode_dir: str, s
         privacy = read_privacy_info(d)
         kind, method = kind_of(name, privacy)
         rows.append({"system": name, "dir": d, "privacy": privacy, "kind": kind, "method": method,
-                     "scores": read_scores(d, decode_dir, sets), "labels": _labels(privacy) if kind == "pate" else None})
+                     "scores": read_scores(d, decode_dir, sets),
+                     "labels": _labels(privacy) if kind == "pate" else None})
     return rows
 
 

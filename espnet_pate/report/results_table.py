@@ -70,7 +70,8 @@ def results_md(groups: List[Dict], parts: Sequence[str], command: str, ledger_to
 
     head = ["system", "method", "public audio", "epsilon", "delta", "unit", "accountant", "runs",
             *[f"WER {s} %" for s in sets], *[f"withheld words {s} %" for s in kw_sets], "labels",
-            "pseudo-label WER %", *[c for part in parts for c in (f"vs {part}: rel. WER %", f"vs {part}: gap closed %")]]
+            "pseudo-label WER %",
+            *[c for part in parts for c in (f"vs {part}: rel. WER %", f"vs {part}: gap closed %")]]
     lines = ["# Results", "", "Released systems, each with its own released (epsilon, delta) claim (data-independent "
              "upper bounds); repeats (`<system>_seed<N>`) as mean ± sample standard deviation over `runs`.", "",
              *_table(released, head, cells), ""]

@@ -28,8 +28,8 @@ def write_tables(exp_root: Optional[Path], system_dirs: Sequence[Path], decode_d
     if ledger and Path(ledger).exists():
         total = PrivacyLedger(ledger, create=False).summary()
     elif any(g["kind"] in ("dpsgd", "pate", "other") for g in groups):
-        raise ResultsLedgerMismatch(f"private systems to report but no privacy ledger ({ledger}): their epsilons cannot be "
-                         "checked against it")
+        raise ResultsLedgerMismatch(f"private systems to report but no privacy ledger ({ledger}): their epsilons "
+                                    "cannot be checked against it")
     results.write_text(results_md(groups, parts, command, total))
     root = exp_root or Path(system_dirs[0]).parent
     # stage 8's audits, when they exist, are operator diagnostics: in their own file with the teachers'
