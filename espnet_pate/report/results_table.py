@@ -82,8 +82,11 @@ def results_md(groups: List[Dict], parts: Sequence[str], command: str, ledger_to
                   "(WER_dpsgd - WER_nonprivate).", ""]
     if kw_sets:
         lines += ["withheld words: recall of the words that public_labeled never holds (only the sensitive data can "
-                  "teach them). public audio: the untranscribed public set a student's labels were made on "
-                  "(public_unlabeled: similar source; public_unlabeled_diff: a different source).", ""]
+                  "teach them).", ""]
+    if any(g["kind"] == "pate" for g in released):
+        lines += ["public audio: the untranscribed public set a student's labels transcribe (public_unlabeled: "
+                  "similar source; public_unlabeled_diff: a different source); labels: utterances its release "
+                  "labelled.", ""]
     if ledger_total is not None:
         lines += [f"Everything released from the sensitive data set together ({ledger_total['releases']} releases in "
                   f"the ledger): epsilon {fmt_eps(ledger_total['eps'])} at delta {fmt_eps(ledger_total['delta'])}.",
