@@ -5,6 +5,7 @@
 #   ./run.sh                                 # the default experiment, stages 1-9
 #   ./run.sh --stage 3 --stop-stage 6        # from teacher training to the baselines
 #   ./run.sh --debug true                    # tiny corpus and short training (what CI runs), a few minutes
+#   ./run.sh --sweep full                    # the comparison across budgets, public sets and repeats (hours)
 # Stages:
 #   1  data preparation (local/data.sh): the synthetic corpus as Kaldi directories
 #   2  validation of every directory; token list, feature statistics and the public model's held-out set
@@ -35,8 +36,18 @@
 #   --partition_unit U         speaker | utterance (default speaker)
 #   --dpsgd_parts "full head"  what stage 6's DP-SGD trains: the whole model (exp/dpsgd_eps<E>) and/or the teachers'
 #                              part, decoder and joint network over the frozen public encoder (exp/dpsgd_head_eps<E>)
-#   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "4 8", the budgets of
+#   --dpsgd_eps "E1 E2"        target epsilons of stage 6's DP-SGD baselines (default "2 8", the budgets of
 #                              conf/pate.yaml, so that both methods compare at equal epsilon; debug "8")
+#   --pate_config YAML         stage 4's releases (default conf/pate.yaml; debug conf/pate_debug.yaml)
+#   --label_sources "S1 S2"    the untranscribed public sets stage 4 labels and students learn from (default
+#                              public_unlabeled; releases of another set S are named <run>_<S without public_unlabeled_>)
+#   --repeats N                releases and DP-SGD models of each setting, each with fresh noise and each paid for in
+#                              the ledger: <name>, <name>_seed2 .. <name>_seed<N> (default 1); RESULTS.md shows their
+#                              mean and spread
+#   --sweep default|full       full: the comparison of issue 10 with the settings above set to conf/pate_sweep.yaml
+#                              (epsilon 1 2 4 8; plurality, GNMax, LNMax), --dpsgd_eps "0.1 1 2 4 8", both public
+#                              sets, --repeats 3, and the ledger's budget raised (recorded) to conf/privacy_sweep.yaml;
+#                              options given explicitly win (default: default)
 #   --token_type T             char | bpe: the token inventory, from public_labeled text only (default char)
 #   --nbpe N                   sentencepiece vocabulary size with --token_type bpe (default 100)
 #   --feats_normalize N        global_mvn (statistics of public_labeled, stage 2) | utterance_mvn (each utterance
@@ -66,6 +77,10 @@ survey_utts=100
 partition_unit=speaker
 dpsgd_eps=""
 dpsgd_parts="full head"
+pate_config=""
+label_sources=""
+repeats=""
+sweep=default
 token_type=char
 nbpe=100
 feats_normalize=global_mvn
@@ -86,6 +101,24 @@ help_message=$(sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//')
 sfx=""; $debug && sfx=_debug
 datadir=${datadir:-data${sfx}}; dumpdir=${dumpdir:-dump${sfx}}; expdir=${expdir:-exp${sfx}}
 [ -n "$num_teachers" ] || { $debug && num_teachers=4 || num_teachers=40; }
+# The sweep presets; options given on the command line win.
+privacy_config=${conf_dir}/privacy${sfx}.yaml
+set_budget=()
+case "$sweep" in
+  default) [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="2 8"; } ;;
+  full)
+    pate_config=${pate_config:-${conf_dir}/pate_sweep${sfx}.yaml}
+    [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps="50 400" || dpsgd_eps="0.1 1 2 4 8"; }
+    label_sources=${label_sources:-public_unlabeled public_unlabeled_diff}
+    repeats=${repeats:-3}
+    # A sweep releases far more than one experiment: its ledger budget is raised, visibly (a budget record).
+    privacy_config=${conf_dir}/privacy_sweep${sfx}.yaml; set_budget=(--set-budget) ;;
+  *) echo "run.sh: --sweep takes default or full, not '${sweep}'" >&2; exit 2 ;;
+esac
+pate_config=${pate_config:-${conf_dir}/pate${sfx}.yaml}
+label_sources=${label_sources:-public_unlabeled}
+repeats=${repeats:-1}
+[[ $repeats =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --repeats takes a positive integer, not '${repeats}'" >&2; exit 2; }
 python=python
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
 last_stage=9
@@ -124,8 +157,17 @@ decode_config=${conf_dir}/decode_transducer.yaml
 # One privacy ledger for the sensitive data set: every release from it composes there, within the budget of
 # ${privacy_config} (its header fixes the budget; espnet_pate/privacy/ledger.py).
 ledger=${expdir}/privacy_ledger.jsonl
-privacy_config=${conf_dir}/privacy${sfx}.yaml
 all_sets="public_labeled sensitive public_unlabeled public_unlabeled_diff dev test"
+# source_suffix SET: what the names of SET's releases and students end with ("" for public_unlabeled, _diff for
+# public_unlabeled_diff, _<SET> for another set).
+source_suffix() {
+  case "$1" in public_unlabeled) echo "" ;; public_unlabeled_*) echo "_${1#public_unlabeled_}" ;; *) echo "_$1" ;; esac
+}
+# with_repeats NAME...: each NAME, then NAME_seed2 .. NAME_seed<repeats> (separate releases with fresh noise).
+with_repeats() {
+  local n r
+  for n in "$@"; do echo "$n"; for ((r = 2; r <= repeats; r++)); do echo "${n}_seed${r}"; done; done
+}
 
 # unfinished LIST PREFIX NAME...: sets todo=(the NAMEs whose model PREFIX<NAME> has no .done marker), writes them
 # to LIST one a line, and logs the others as skipped. Parallel jobs get only unfinished models (a job's log would
@@ -256,22 +298,28 @@ fi
 
 pate_dir=${expdir}/pate_${teacher_trainable}_k${num_teachers}
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  log "Stage 4: noisy ensemble labelling of public_unlabeled (${conf_dir}/pate${sfx}.yaml) into ${pate_dir}"
+  log "Stage 4: noisy ensemble labelling of ${label_sources} (${pate_config}, ${repeats} repeat(s)) into ${pate_dir}"
   need "${teachers_dir}/teacher_$((num_teachers - 1))/valid.loss.ave.pth" 3
   ! $shadow_teachers || need "${shadow_dir}/teacher_$((num_teachers - 1))/valid.loss.ave.pth" 3
-  # Every release is recorded in ${ledger} before its text is written: a rerun spends nothing.
-  cmd=(${python} -m espnet_pate.bin.pate_label --config "${conf_dir}/pate${sfx}.yaml" --teachers "$teachers_dir"
-       --data "${datadir}/public_unlabeled" --out "$pate_dir" --public-model "${expdir}/public_only"
-       --partition-manifest "${shards_dir}/manifest.json" --ledger "$ledger" --ledger-config "$privacy_config")
-  if $shadow_teachers; then
-    # The shadow teachers' noise-free agreement on public utterances: public, it plans `queries: auto`.
-    run_step "${pate_dir}/.shadow_survey.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
-      --shadow --teachers "$shadow_dir" --data "${datadir}/public_unlabeled" --out "$pate_dir" \
-      --public-model "${expdir}/public_only" --unit "$partition_unit" --withheld-words "${datadir}/withheld_words.txt"
-    cmd+=(--plan-survey "${pate_dir}/agreement_survey.json")
-  fi
-  log "run: ${cmd[*]}"
-  "${cmd[@]}"
+  ${python} -m espnet_pate.bin.privacy_ledger init --ledger "$ledger" --config "$privacy_config" "${set_budget[@]}"
+  for source in $label_sources; do
+    need "${datadir}/${source}/wav.scp" 1
+    suffix=$(source_suffix "$source")
+    # Every release is recorded in ${ledger} before its text is written: a rerun spends nothing.
+    cmd=(${python} -m espnet_pate.bin.pate_label --config "$pate_config" --teachers "$teachers_dir"
+         --data "${datadir}/${source}" --out "$pate_dir" --public-model "${expdir}/public_only"
+         --partition-manifest "${shards_dir}/manifest.json" --ledger "$ledger" --ledger-config "$privacy_config"
+         --name-suffix "$suffix" --repeats "$repeats")
+    if $shadow_teachers; then
+      # The shadow teachers' noise-free agreement on utterances of this public set: public, it plans `queries: auto`.
+      run_step "${pate_dir}/.shadow_survey${suffix}.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
+        --shadow --teachers "$shadow_dir" --data "${datadir}/${source}" --out "$pate_dir" --name-suffix "$suffix" \
+        --public-model "${expdir}/public_only" --unit "$partition_unit" --withheld-words "${datadir}/withheld_words.txt"
+      cmd+=(--plan-survey "${pate_dir}/agreement_survey${suffix}.json")
+    fi
+    log "run: ${cmd[*]}"
+    "${cmd[@]}"
+  done
   # Operator diagnostics, after the releases and never read by them: how the real teachers agree, split by
   # whether the utterance holds a withheld word (${pate_dir}/operator_diagnostics/agreement_survey.json).
   run_step "${pate_dir}/.operator_survey.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
@@ -280,9 +328,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  # the untranscribed public set stage 4 labelled: recorded in each student's privacy.json (RESULTS.md's source)
-  student_audio=public_unlabeled
-  log "Stage 5: students on the audio of ${student_audio} with ${student_text:-the pseudo-transcripts of stage 4}"
+  log "Stage 5: students on ${student_text:-the pseudo-transcripts of stage 4 and the audio they label}"
   need "${expdir}/public_only/.done" 3
   if [ -n "$student_text" ]; then
     texts=("$student_text")
@@ -295,8 +341,11 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     name=$(basename "$(dirname "$text")")
     # A release can label nothing (every query refused or the budget spent at once): no student then.
     [ -s "$text" ] || { log "skip student_${name}: ${text} labels no utterance"; continue; }
+    # the audio of the public set the release labelled (its privacy.json's public_data: RESULTS.md's source)
+    source_opts=(--release "$(dirname "$text")" --datadir "$datadir")
+    [ -n "$student_text" ] && source_opts=("${datadir}/public_unlabeled" "$text")
     run_step "${datadir}/student_${name}/.done" ${python} -m espnet_pate.bin.make_student_data \
-      "${datadir}/${student_audio}" "$text" "${datadir}/student_${name}"
+      "${source_opts[@]}" "${datadir}/student_${name}"
     names+=("$name")
   done
   unfinished "${expdir}/log/student_list" "${expdir}/student_" "${names[@]}"
@@ -313,8 +362,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     [ -f "${expdir}/student_${name}/.done" ] || continue
     # The student sees sensitive data only through the released labels: it inherits their privacy claim.
     if [ -f "$(dirname "$text")/privacy.json" ]; then
-      ${python} -m espnet_pate.bin.privacy_info "${expdir}/student_${name}" --inherit "$(dirname "$text")" \
-        --public_data "$student_audio"
+      ${python} -m espnet_pate.bin.privacy_info "${expdir}/student_${name}" --inherit "$(dirname "$text")"
     else
       ${python} -m espnet_pate.bin.privacy_info "${expdir}/student_${name}" --mechanism "transcripts:${text}" \
         --note "trained on the given transcripts, not on a privacy mechanism's output"
@@ -329,16 +377,17 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   # privacy.json, dp_report.json and config.yaml's dp_report; an interrupted run resumes from its checkpoint with
   # the accountant's state. The privacy unit follows --partition_unit, so that DP-SGD and PATE are compared at the
   # same unit.
-  [ -n "$dpsgd_eps" ] || { $debug && dpsgd_eps=8 || dpsgd_eps="4 8"; }
   baselines=(nonprivate); dp_dirs=()
   for part in $dpsgd_parts; do
     case "$part" in full) prefix=dpsgd ;; head) prefix=dpsgd_head ;;
       *) log "error: --dpsgd_parts takes full and/or head, not '${part}'"; exit 2 ;; esac
-    for eps in $dpsgd_eps; do baselines+=("${prefix}_eps${eps}"); dp_dirs+=("${expdir}/${prefix}_eps${eps}"); done
+    for name in $(with_repeats $(printf "${prefix}_eps%s " $dpsgd_eps)); do
+      baselines+=("$name"); dp_dirs+=("${expdir}/${name}")
+    done
   done
   log "Stage 6: baselines on sensitive (${partition_unit} unit): ${baselines[*]}; ledger ${ledger}"
   need "${expdir}/public_only/.done" 3
-  ${python} -m espnet_pate.bin.privacy_ledger init --ledger "$ledger" --config "$privacy_config"
+  ${python} -m espnet_pate.bin.privacy_ledger init --ledger "$ledger" --config "$privacy_config" "${set_budget[@]}"
   unfinished "${expdir}/log/baseline_list" "${expdir}/" "${baselines[@]}"
   if [ ${#todo[@]} -gt 0 ]; then
     log "training in parallel (--nj ${nj}): ${todo[*]/#/${expdir}/} (logs: ${expdir}/<baseline>/train.log)"

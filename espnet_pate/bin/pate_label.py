@@ -4,11 +4,11 @@
         --data data/public_unlabeled --out exp/pate_head_k40 --public-model exp/public_only \\
         --ledger exp/privacy_ledger.jsonl --ledger-config conf/privacy.yaml \\
         (--partition-manifest data/sensitive_speaker_k40/manifest.json | --unit speaker) \\
-        [--runs NAME ...] [--seed N] [--device cpu]
+        [--runs NAME ...] [--name-suffix _diff] [--repeats N] [--seed N] [--device cpu]
     python -m espnet_pate.bin.pate_label --survey N [--shadow] --teachers DIR --data DIR --out DIR ...
 
 For every run of the configuration it writes OUT/<run>/text (pseudo-transcripts of the labelled utterances),
-OUT/<run>/privacy_report.{json,md}, OUT/<run>/privacy.json, and records the release in the ledger of the
+OUT/<run>/privacy_report.{json,md}, OUT/<run>/privacy.json (with ``public_data``, the set labelled), and records the release in the ledger of the
 sensitive data set before the text is written (see espnet_pate.ensemble.pate_labeling). A rerun reuses recorded
 releases and spends nothing. ``--seed`` fixes the noise for a reproducible experiment: the reports then say NOT FOR
 RELEASE. ``--survey`` measures the teachers' agreement without noise and releases nothing: with ``--shadow``
@@ -47,6 +47,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-manifest", help="manifest.json of the teachers' partition (gives the privacy unit)")
     p.add_argument("--unit", choices=PRIVACY_UNITS, help="privacy unit, when no manifest is given")
     p.add_argument("--runs", nargs="+", help="run only these entries of the configuration")
+    p.add_argument("--name-suffix", default="", metavar="S",
+                   help="append S to every release's name (and to the survey's file): one public set's releases "
+                        "beside another's, e.g. _diff for public_unlabeled_diff")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="N releases of every run, each with fresh noise and paid for: <run>, <run>_seed2 .. "
+                        "<run>_seed<N> (default 1)")
     p.add_argument("--seed", type=int, help="fix the noise (reproducible experiment, NOT FOR RELEASE)")
     p.add_argument("--survey", type=int, metavar="N",
                    help="instead of labelling: noise-free agreement of the teachers on N public utterances (token, "
@@ -110,13 +116,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                       withheld_utts=args.withheld_utts)
             where = Path(args.out) if args.shadow else Path(args.out) / "operator_diagnostics"
             where.mkdir(parents=True, exist_ok=True)
-            (where / "agreement_survey.json").write_text(json.dumps(survey, indent=1) + "\n")
+            (where / f"agreement_survey{args.name_suffix}.json").write_text(json.dumps(survey, indent=1) + "\n")
             print(json.dumps(survey))
             return 0
         eps_budget, delta = read_budget_config(args.ledger_config)
         ledger = PrivacyLedger(args.ledger, eps_budget=eps_budget, delta=delta)
         survey = json.loads(Path(args.plan_survey).read_text()) if args.plan_survey else None
-        reports = run_stage4(args.config, inputs, ledger, only=args.runs, seed=args.seed, plan_survey=survey)
+        reports = run_stage4(args.config, inputs, ledger, only=args.runs, seed=args.seed, plan_survey=survey,
+                             name_suffix=args.name_suffix, repeats=args.repeats)
     except BudgetExceededError as e:
         print(f"pate_label: refused: {e}", file=sys.stderr)
         return 3

@@ -27,7 +27,8 @@ import numpy as np
 
 from espnet_pate.data.kaldi_dir import read_table
 from espnet_pate.ensemble.pate_plan import (  # noqa: F401 -- the stage's public names, re-exported
-    LEVELS, MECHANISMS, ConfigError, RunSettings, load_config, make_aggregator, query_order, resolve_entry,
+    LEVELS, MECHANISMS, ConfigError, RunSettings, expand_runs, load_config, make_aggregator, query_order,
+    release_names, resolve_entry,
 )
 from espnet_pate.ensemble.pate_release import PENDING, TEXT, release_entry  # noqa: F401
 from espnet_pate.ensemble.pate_report import OPERATOR_NOTE, agreement_histogram, agreement_of_counts
@@ -86,6 +87,7 @@ class _Context:
         from espnet_pate.ensemble.teachers import TeacherEnsemble
 
         self.inputs = inputs
+        self.public_data = Path(inputs.data_dir).name  # the public set labelled: the students' audio
         self.ens = ensemble if ensemble is not None else TeacherEnsemble.from_dirs(inputs.teacher_dirs, inputs.device)
         self.wav_scp = read_table(Path(inputs.data_dir) / "wav.scp")
         self.wav_scp_sha256 = file_sha256(Path(inputs.data_dir) / "wav.scp")
@@ -95,6 +97,10 @@ class _Context:
         self._enc: Dict[str, Any] = {}
         self._enc_bytes, self.max_cache_bytes = 0, 512 * 2**20  # encoder outputs kept for the next runs
         self._cands: Dict[tuple, List[List[int]]] = {}
+        # The teachers' noise-free outputs per utterance: every run (another budget, mechanism or repeat) adds only
+        # its own noise to them, so a sweep decodes each public utterance once.
+        self._own: Dict[tuple, Optional[List[str]]] = {}
+        self._loglik: Dict[tuple, np.ndarray] = {}
         self._detok = None
 
     def durations(self) -> Dict[str, float]:
@@ -140,17 +146,34 @@ class _Context:
 
         return get
 
+    def loglik(self, nbest: int, beam_size: int) -> Callable:
+        """The teachers' log-likelihoods of an utterance's candidates (``UtteranceVoter.decode``'s ``loglik``),
+        computed once per utterance and candidate set."""
+        from espnet_pate.ensemble.utterance_vote import candidate_log_likelihoods
+
+        def get(utt, enc, cands):
+            key = (utt, nbest, beam_size)
+            if key not in self._loglik:
+                self._loglik[key] = candidate_log_likelihoods(self.ens, enc, cands)
+            return self._loglik[key]
+
+        return get
+
     def own_transcripts(self, utts: Sequence[str], max_symbols_per_frame: int = 5, batch_size: int = 8):
         """(utterance, every teacher's own 1-best text, or None when too short), ``batch_size`` at a time."""
         from espnet_pate.ensemble.own_transcripts import greedy_each
 
         for start in range(0, len(utts), batch_size):
             chunk = utts[start:start + batch_size]
-            encs = self.encode(chunk)
-            ok = [i for i, e in enumerate(encs) if e is not None]
-            hyps = dict(zip(ok, greedy_each(self.ens, [encs[i] for i in ok], max_symbols_per_frame)))
-            for i, u in enumerate(chunk):
-                yield u, ([self.detokenize(h) for h in hyps[i]] if i in hyps else None)
+            todo = [u for u in chunk if (u, max_symbols_per_frame) not in self._own]
+            if todo:
+                encs = self.encode(todo)
+                ok = [i for i, e in enumerate(encs) if e is not None]
+                hyps = dict(zip(ok, greedy_each(self.ens, [encs[i] for i in ok], max_symbols_per_frame)))
+                for i, u in enumerate(todo):
+                    self._own[u, max_symbols_per_frame] = [self.detokenize(h) for h in hyps[i]] if i in hyps else None
+            for u in chunk:
+                yield u, self._own[u, max_symbols_per_frame]
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         if self._detok is None:
@@ -191,7 +214,8 @@ def _noisy_max_result(ctx: _Context, s: RunSettings, aggregator, utts: List[str]
         return dec.decode(utts, ctx.load, budget=budget, encode=ctx.encode), budget
     voter = UtteranceVoter(ctx.ens, None, aggregator, nbest=s.nbest, vote=s.vote, batch_size=s.batch_size)
     return voter.decode(utts, ctx.load, budget=budget, encode=ctx.encode,
-                        candidates=ctx.candidates(s.nbest, s.beam_size)), budget
+                        candidates=ctx.candidates(s.nbest, s.beam_size),
+                        loglik=ctx.loglik(s.nbest, s.beam_size)), budget
 
 
 def _draw_noisy_max(ctx: _Context, s: RunSettings, aggregator, utts: List[str]) -> dict:
@@ -286,7 +310,7 @@ def _report(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, meta: dict, re
     spent_eps, _ = ledger.spent()
     claim = dict(meta["claim"], delta=s.delta, unit=meta["unit"], data_dependent=False)
     return {
-        "name": s.name, "release_id": release_id, "run_status": status,
+        "name": s.name, "release_id": release_id, "run_status": status, "public_data": ctx.public_data,
         "mechanism": s.mechanism, "params": s.noise, "level": s.level, "vote": s.vote,
         "num_teachers": ctx.ens.num_teachers, "teachers": [str(d) for d in ctx.inputs.teacher_dirs],
         "claim": claim, "not_released": meta["not_released"], "target_eps": s.target_eps,
@@ -315,7 +339,8 @@ def label_entry(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, seed: Opti
     params["seed"] = s.seed if seed is None else seed
     return release_entry(s, Path(ctx.inputs.out_dir) / s.name, ledger, _release_inputs(ctx, s), params,
                          draw=lambda: _draw(ctx, s, seed),
-                         finish=lambda meta, rid, status: _report(ctx, s, ledger, meta, rid, status))
+                         finish=lambda meta, rid, status: _report(ctx, s, ledger, meta, rid, status),
+                         annotate={"public_data": ctx.public_data})
 
 
 def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, beam_size: int = 8,
@@ -364,14 +389,15 @@ def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, 
 
 def run_stage4(config, inputs: Stage4Inputs, ledger: PrivacyLedger, only: Optional[Sequence[str]] = None,
                seed: Optional[int] = None, ensemble=None, public_speech2text=None,
-               plan_survey: Optional[dict] = None) -> List[dict]:
+               plan_survey: Optional[dict] = None, name_suffix: str = "", repeats: int = 1) -> List[dict]:
     """Every entry of the configuration (or those named in ``only``), in order, recorded in ``ledger`` (the one
     ledger of the sensitive data set); returns their reports. ``plan_survey``: the shadow teachers' agreement
-    survey (public) that ``queries: auto`` entries are planned from.
+    survey (public) that ``queries: auto`` entries are planned from. ``name_suffix`` and ``repeats`` name the
+    releases (``release_names``): each repeat is a release of its own, with fresh noise.
 
     An entry the ledger refuses raises ``BudgetExceededError`` after the entries before it are done.
     """
-    conf = load_config(config) if not isinstance(config, dict) else config
+    conf = load_config(config) if not isinstance(config, dict) else dict(config, runs=expand_runs(config["runs"]))
     if inputs.unit not in PRIVACY_UNITS:
         raise ConfigError(f"privacy unit must be one of {PRIVACY_UNITS}, got {inputs.unit!r}")
     names = list(conf["runs"]) if only is None else list(only)
@@ -380,8 +406,8 @@ def run_stage4(config, inputs: Stage4Inputs, ledger: PrivacyLedger, only: Option
         raise ConfigError(f"no runs named {missing}; the configuration has {list(conf['runs'])}")
     ctx = _Context(inputs, ensemble, public_speech2text)
     Path(inputs.out_dir).mkdir(parents=True, exist_ok=True)
-    settings = [resolve_entry(n, conf["runs"][n], conf.get("defaults") or {}, ctx.ens.num_teachers, plan_survey,
-                              len(ctx.wav_scp)) for n in names]
+    settings = [resolve_entry(r, conf["runs"][n], conf.get("defaults") or {}, ctx.ens.num_teachers, plan_survey,
+                              len(ctx.wav_scp)) for r, n in release_names(names, name_suffix, repeats).items()]
     reports = []
     for i, s in enumerate(settings):
         log.info("stage 4 [%d/%d]: %s (%s, %s level, target eps %g)", i + 1, len(settings), s.name, s.mechanism,

@@ -98,7 +98,47 @@ def load_config(path) -> dict:
     unknown = set(conf) - {"defaults", "runs"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
+    conf["runs"] = expand_runs(conf["runs"], path)
     return conf
+
+
+EPS_FIELD = "{eps}"
+
+
+def expand_runs(runs: Mapping, where="conf/pate.yaml") -> Dict[str, dict]:
+    """Entries whose ``target_eps`` is a list become one entry per budget, named by putting the budget in place of
+    ``{eps}`` in the entry's name (``plurality_eps{eps}`` with ``target_eps: [1, 8]``: plurality_eps1,
+    plurality_eps8): a sweep over budgets is written once."""
+    out: Dict[str, dict] = {}
+    for name, entry in runs.items():
+        budgets = (entry or {}).get("target_eps")
+        if not isinstance(budgets, list):
+            if EPS_FIELD in str(name):
+                raise ConfigError(f"{where}: run {name}: {EPS_FIELD} in a name needs a list of target_eps")
+            out[name] = entry
+            continue
+        if EPS_FIELD not in str(name) or not budgets:
+            raise ConfigError(f"{where}: run {name}: a list of target_eps needs {EPS_FIELD} in the run's name "
+                              "(and at least one budget)")
+        for eps in budgets:
+            try:
+                label = f"{float(eps):g}"
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: run {name}: target_eps {eps!r} is not a number") from None
+            expanded = str(name).replace(EPS_FIELD, label)
+            if expanded in out or expanded in runs:
+                raise ConfigError(f"{where}: run {name}: {expanded} is named twice")
+            out[expanded] = {**entry, "target_eps": eps}
+    return out
+
+
+def release_names(names, suffix: str = "", repeats: int = 1) -> Dict[str, str]:
+    """{release name: configuration entry}: ``suffix`` (the labelled public set, e.g. ``_diff``) after each entry's
+    name, and repeats 2..N of an entry as ``<name><suffix>_seed<N>`` (fresh noise each: separate releases, each
+    paid for). Repeat 1 keeps the plain name, so a sweep extends a default run without releasing it again."""
+    if int(repeats) < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    return {f"{n}{suffix}" + (f"_seed{r}" if r > 1 else ""): n for n in names for r in range(1, int(repeats) + 1)}
 
 
 def _scaled(entry: dict, key: str, k: int, name: str) -> Optional[float]:

@@ -79,9 +79,12 @@ def load_pending(pending: Path) -> Optional[dict]:
 
 
 def release_entry(s: RunSettings, out: Path, ledger: PrivacyLedger, release_inputs: dict, params: dict,
-                  draw: Callable[[], dict], finish: Callable[[dict, str, str], dict]) -> dict:
+                  draw: Callable[[], dict], finish: Callable[[dict, str, str], dict],
+                  annotate: Optional[dict] = None) -> dict:
     """One release of entry ``s`` into ``out`` (see the module docstring). ``draw()`` decodes with noise and
-    returns the bundle; ``finish(meta, release_id, status)`` writes the reports and returns the report."""
+    returns the bundle; ``finish(meta, release_id, status)`` writes the reports and returns the report.
+    ``annotate``: fields of the report that describe the release without changing it (the public set labelled),
+    also added to the report of a release made before they existed."""
     out.mkdir(parents=True, exist_ok=True)
     pending = out / PENDING
     what = f"pate_labels/{s.name}"
@@ -89,7 +92,7 @@ def release_entry(s: RunSettings, out: Path, ledger: PrivacyLedger, release_inpu
     with ledger.exclusive():
         recorded = ledger.get(release_id)
         if recorded is not None:
-            return _reuse(out, release_id, recorded, ledger, finish)
+            return _reuse(out, release_id, recorded, ledger, finish, annotate or {})
         meta = load_pending(pending)
         if meta is not None and meta["release_id"] != release_id:
             raise RuntimeError(
@@ -124,7 +127,7 @@ def finalise(out: Path, meta: dict, release_id: str, status: str, finish) -> dic
     return report
 
 
-def _reuse(out: Path, release_id: str, recorded, ledger: PrivacyLedger, finish) -> dict:
+def _reuse(out: Path, release_id: str, recorded, ledger: PrivacyLedger, finish, annotate: dict) -> dict:
     pending = out / PENDING
     meta = load_pending(pending)
     if (out / TEXT).exists() and file_sha256(out / TEXT) == recorded.outputs:
@@ -133,6 +136,10 @@ def _reuse(out: Path, release_id: str, recorded, ledger: PrivacyLedger, finish) 
             if report.get("release_id") == release_id:
                 log.info("%s: release %s already recorded; reusing %s (nothing spent)", out.name, release_id,
                          out / TEXT)
+                if any(report.get(k) != v for k, v in annotate.items()):
+                    report.update(annotate)
+                    write_fsync(out / REPORT_JSON,
+                                (json.dumps(report, indent=1, sort_keys=True, default=float) + "\n").encode())
                 report["run_status"] = "reused"
                 write_student_privacy_info(out, report)
                 return report

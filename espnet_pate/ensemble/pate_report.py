@@ -94,4 +94,5 @@ def write_student_privacy_info(out, report: dict, student_dir: Optional[str] = N
                                  f"{report['num_teachers']} teachers)",
                        accountant=claim["accountant"], data_dependent=False,
                        pseudo_label_wer=report["pseudo_label_wer"], labelled_fraction=report["labelled_fraction"],
-                       not_for_release=report["not_for_release"], release_id=report["release_id"])
+                       not_for_release=report["not_for_release"], release_id=report["release_id"],
+                       **({"public_data": report["public_data"]} if report.get("public_data") else {}))

@@ -142,11 +142,14 @@ class UtteranceVoter:
     def decode(self, utt_ids: Sequence[str], load: Callable[[str], np.ndarray],
                budget: Optional[PrivacyBudget] = None,
                encode: Optional[Callable[[Sequence[str]], List[Optional[torch.Tensor]]]] = None,
-               candidates: Optional[Callable[[str], List[List[int]]]] = None) -> DecodingResult:
-        """One query per utterance, in order. ``encode(utts)`` / ``candidates(u)`` override the teachers'
-        encoder and the public n-best (e.g. cached: both are deterministic and the candidates are public)."""
+               candidates: Optional[Callable[[str], List[List[int]]]] = None,
+               loglik: Optional[Callable[[str, torch.Tensor, List[List[int]]], np.ndarray]] = None) -> DecodingResult:
+        """One query per utterance, in order. ``encode(utts)`` / ``candidates(u)`` / ``loglik(u, enc, cands)``
+        override the teachers' encoder, the public n-best and the teachers' scores of the candidates (e.g.
+        cached: all are deterministic; the noise comes after, in the aggregator)."""
         encode = encode or encoder_of(self.ens, load)
         candidates = candidates or (lambda u: public_candidates(self.public, load(u), self.nbest))
+        loglik = loglik or (lambda u, enc, cands: candidate_log_likelihoods(self.ens, enc, cands))
 
         results = {u: UtteranceResult(u, NOT_REACHED) for u in utt_ids}
         qlog = QueryLog(self.nbest)
@@ -173,7 +176,7 @@ class UtteranceVoter:
                 if len(cands) == 1 and self.free_single_candidate:
                     results[u].status, results[u].token_ids = LABELLED, list(cands[0])
                     continue
-                hists.append(self.votes(candidate_log_likelihoods(self.ens, enc, cands)))
+                hists.append(self.votes(loglik(u, enc, cands)))
                 rows.append(u)
             if not rows:
                 continue
