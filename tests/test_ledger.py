@@ -1,4 +1,5 @@
-"""The privacy ledger: crash safety, idempotent releases, the fixed budget, additive terms, the release lock."""
+"""The privacy ledger: crash safety, idempotent releases, the fixed delta, recorded budget changes, additive terms,
+the release lock."""
 
 import json
 import logging
@@ -10,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from espnet_pate.bin.privacy_ledger import main as ledger_cli
 from espnet_pate.privacy.conversion import eps_improved
 from espnet_pate.privacy.digests import make_release_id
 from espnet_pate.privacy.ledger import (
@@ -329,3 +331,145 @@ def test_cli_init_fixes_the_budget_and_show_prints_the_total(tmp_path):
     assert json.loads(shown[-1])["eps"] == pytest.approx(eps_improved(curve(100), 1e-5)[0])
     missing = cli("show", "--ledger", tmp_path / "none.jsonl")
     assert missing.returncode == 2 and "no privacy ledger" in missing.stderr
+
+
+def test_raising_the_budget_lets_a_refused_release_fit(tmp_path):
+    path = str(tmp_path / "ledger.jsonl")
+    ledger = PrivacyLedger(path, eps_budget=3.0, delta=1e-5)
+    record(ledger, "first", 286)  # eps 2.64
+    with pytest.raises(BudgetExceededError, match="eps=3 at delta"):
+        record(ledger, "second", 286)
+    assert not ledger.check_fits(curve(286))[0]
+    change = ledger.set_budget(6.0, "comparison sweep")
+    assert (change.eps_budget, change.previous, change.reason) == (6.0, 3.0, "comparison sweep")
+    assert ledger.eps_budget == 6.0 and ledger.check_fits(curve(286))[0]
+    _, new = record(ledger, "second", 286)
+    assert new and [r.what for r in ledger.releases] == ["first", "second"]  # a budget line is not a release
+    kinds = [json.loads(line)["kind"] for line in lines(path)[:-1]]
+    assert kinds == ["header", "release", "budget", "release"]
+    line = json.loads(lines(path)[2])
+    assert (line["eps_budget"], line["previous"], line["reason"]) == (6.0, 3.0, "comparison sweep")
+    size = os.path.getsize(path)
+    assert ledger.set_budget(6, "again") is None and os.path.getsize(path) == size  # the same value: nothing new
+
+
+def test_a_budget_below_what_is_spent_is_refused(tmp_path):
+    path = str(tmp_path / "ledger.jsonl")
+    ledger = PrivacyLedger(path, eps_budget=10, delta=1e-5)
+    record(ledger, "first", 286)  # eps 2.6439
+    size = os.path.getsize(path)
+    with pytest.raises(ValueError) as err:
+        ledger.set_budget(2.5, "too low")
+    assert "eps=2.5 " in str(err.value) and "eps=2.6439" in str(err.value)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            ledger.set_budget(bad, "bad")
+    with pytest.raises(ValueError, match="reason"):
+        ledger.set_budget(5, " ")
+    assert os.path.getsize(path) == size and ledger.eps_budget == 10.0
+    ledger.set_budget(3, "tighter")  # lowering above what is spent is allowed, and binds
+    with pytest.raises(BudgetExceededError, match="eps=3 at delta"):
+        record(ledger, "second", 286)
+
+
+def test_reopen_sees_the_effective_budget_and_the_header_value_is_refused(tmp_path):
+    path = str(tmp_path / "ledger.jsonl")
+    ledger = PrivacyLedger(path, eps_budget=8, delta=1e-5)
+    other = PrivacyLedger(path)  # opened before the change, by another job
+    ledger.set_budget(16, "sweep")
+    assert PrivacyLedger(path).eps_budget == 16.0 and PrivacyLedger(path, eps_budget=16, delta=1e-5)
+    record(other, "r0", 286)
+    assert other.eps_budget == 16.0  # every read of the file takes its effective budget
+    with pytest.raises(LedgerMismatchError) as err:
+        PrivacyLedger(path, eps_budget=8, delta=1e-5)
+    message = str(err.value)
+    for part in ("created with budget eps=8 at delta=1e-05", "changed since to eps=16", "asks for eps=8",
+                 f"init --ledger {path} --config CONFIG --set-budget"):
+        assert part in message, (part, message)
+    with pytest.raises(LedgerMismatchError) as err:  # the delta never changes
+        PrivacyLedger(path, eps_budget=16, delta=1e-6)
+    assert "fixed for good" in str(err.value) and "--set-budget" not in str(err.value)
+
+
+def test_a_torn_or_corrupt_budget_line_is_handled_like_a_release_line(tmp_path, caplog):
+    path = str(tmp_path / "ledger.jsonl")
+    ledger = PrivacyLedger(path, eps_budget=3, delta=1e-5)
+    record(ledger, "r0", 286)
+    ledger.set_budget(6, "sweep")
+    good = open(path, "rb").read()
+    start = good.rstrip(b"\n").rfind(b"\n") + 1
+    with open(path, "r+b") as f:  # killed mid-write of the budget line: the change did not happen
+        f.truncate(start + (len(good) - start) // 2)
+    with caplog.at_level(logging.WARNING):
+        reopened = PrivacyLedger(path)
+    assert "torn last record" in caplog.text
+    assert reopened.eps_budget == 3.0 and reopened.budget_changes == []
+    with pytest.raises(BudgetExceededError):
+        record(reopened, "r1", 286)
+    reopened.set_budget(6, "sweep, again")
+    raw = lines(path)
+    assert raw[-1] == b"" and [json.loads(line)["kind"] for line in raw[:-1]] == ["header", "release", "budget"]
+    assert PrivacyLedger(path).eps_budget == 6.0
+    raw[2] = raw[2].replace(b'"eps_budget":6.0', b'"eps_budget":60.0')  # checksum no longer matches
+    with open(path, "wb") as f:
+        f.write(b"\n".join(raw))
+    with pytest.raises(LedgerCorruptError, match=f"{path}: line 3"):
+        PrivacyLedger(path)
+    bad = {"kind": "budget", "eps_budget": -1.0, "previous": 6.0, "reason": "x", "time": ""}
+    with open(path, "wb") as f:  # checksummed, but no budget
+        f.write(good + encode_line(bad))
+    with pytest.raises(LedgerCorruptError, match="line 4 sets the budget"):
+        PrivacyLedger(path)
+    with open(path, "wb") as f:
+        f.write(good + encode_line({"kind": "budget", "eps_budget": 7.0}))
+    with pytest.raises(LedgerCorruptError, match="line 4 is not a budget change"):
+        PrivacyLedger(path)
+
+
+def test_cli_init_set_budget_records_the_config_budget_and_refuses_without_it(tmp_path, capsys):
+    path = str(tmp_path / "privacy_ledger.jsonl")
+    confs = {}
+    for name, eps, delta in (("base", 8, "1.0e-5"), ("sweep", 16, "1.0e-5"), ("low", 1, "1.0e-5"),
+                             ("delta", 16, "1.0e-6")):
+        confs[name] = tmp_path / f"{name}.yaml"
+        confs[name].write_text(f"eps_budget: {eps}\ndelta: {delta}\n")
+    init = lambda name, *flag: ledger_cli(["init", "--ledger", path, "--config", str(confs[name]), *flag])  # noqa
+    assert init("base") == 0
+    record(PrivacyLedger(path), "labels", 286)
+    capsys.readouterr()
+    assert init("sweep") == 2
+    assert "--set-budget" in capsys.readouterr().err and PrivacyLedger(path).eps_budget == 8.0
+    assert init("sweep", "--set-budget") == 0
+    out, err = capsys.readouterr()
+    assert "warning" in err and "eps=8 -> eps=16" in err
+    summary = json.loads(out)
+    assert summary["eps_budget"] == 16.0 and summary["releases"] == 1
+    (change,) = summary["budget_changes"]
+    assert (change["eps_budget"], change["previous"]) == (16.0, 8.0)
+    assert change["reason"] == f"init --set-budget --config {confs['sweep']}"
+    size = os.path.getsize(path)
+    assert init("sweep", "--set-budget") == 0 and init("sweep") == 0  # the effective budget: a check, nothing new
+    assert "warning" not in capsys.readouterr().err and os.path.getsize(path) == size
+    for name, says in (("delta", "fixed for good"), ("low", "below what 1 recorded releases have already spent")):
+        assert init(name, "--set-budget") == 2
+        assert says in capsys.readouterr().err
+    assert os.path.getsize(path) == size and PrivacyLedger(path).eps_budget == 16.0
+    fresh = str(tmp_path / "fresh.jsonl")  # a new ledger is just created with the config's budget
+    assert ledger_cli(["init", "--ledger", fresh, "--config", str(confs["sweep"]), "--set-budget"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err and json.loads(out)["budget_changes"] == []
+
+
+def test_summary_lists_budget_changes(tmp_path, capsys):
+    path = str(tmp_path / "ledger.jsonl")
+    ledger = PrivacyLedger(path, eps_budget=8, delta=1e-5)
+    assert ledger.summary()["budget_changes"] == []
+    ledger.set_budget(16, "sweep")
+    ledger.set_budget(12, "after the sweep")
+    summary = PrivacyLedger(path).summary()
+    assert summary["eps_budget"] == 12.0
+    assert [(c["eps_budget"], c["previous"], c["reason"]) for c in summary["budget_changes"]] == \
+        [(16.0, 8.0, "sweep"), (12.0, 16.0, "after the sweep")]
+    assert all(c["time"] for c in summary["budget_changes"])
+    assert ledger_cli(["show", "--ledger", path]) == 0
+    assert json.loads(capsys.readouterr().out.strip().split("\n")[-1])["budget_changes"] == summary["budget_changes"]

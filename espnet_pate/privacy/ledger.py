@@ -9,12 +9,16 @@ Format: JSON lines. The first line is a header (format version, the order grid, 
 ``delta``, the RDP conversion); each further line is one release: its id, what was released, the mechanism and
 parameters, the number of queries, the per-order RDP curve it spends, additive ``eps_extra`` and ``delta_extra``
 (approximate-DP terms outside RDP, e.g. the Q*beta terms of the thresholded plurality), whether the cost is
-data-dependent, free-form details, and a SHA-256 of the line's own content. Format 1 (before ``eps_extra`` and
-``delta_extra`` existed) is still read, its releases with both at 0. Each line is written with one ``write`` and
-``fsync``-ed before ``record`` returns, under an exclusive ``flock`` so parallel jobs may share a ledger.
+data-dependent, free-form details, and a SHA-256 of the line's own content. A ``budget`` line records a change of
+the budget (``eps_budget``, ``previous``, ``reason``, ``time``). Format 1 (before ``eps_extra`` and ``delta_extra``
+existed) is still read, its releases with both at 0. Each line is written with one ``write`` and ``fsync``-ed
+before ``record`` or ``set_budget`` returns, under an exclusive ``flock`` so parallel jobs may share a ledger.
 
-The header fixes the budget, the delta, the conversion and the order grid: opening the ledger with others is an
-error (``LedgerMismatchError``); opened without them, the ledger uses the header's.
+The header fixes the delta, the conversion and the order grid for good: opening the ledger with others is an
+error (``LedgerMismatchError``). The budget is an operator's guard, not a privacy claim (the composed total is
+always reported), so it may change, but only as a recorded act: ``set_budget`` appends a budget line, never below
+what is already spent. The effective budget is the last budget line's, else the header's; opening with another
+budget is an error naming ``privacy_ledger init --set-budget``. Opened without them, the ledger uses its own.
 
 Crashes: a process killed while writing can leave bytes after the last newline (a torn tail). They are ignored
 with a warning and cut off before the next append. A complete line (one that ends with a newline) that fails JSON
@@ -27,7 +31,7 @@ cost or different outputs is refused (``ReleaseConflictError``): fresh noise on 
 
 Total and budget: the RDP curves of all releases are summed on the one grid and converted at
 ``delta - sum(delta_extra)``, then ``sum(eps_extra)`` is added; a total whose ``delta_extra`` sum reaches
-``delta`` is refused. A release that would take the total above ``eps_budget`` is refused with
+``delta`` is refused. A release that would take the total above the effective budget is refused with
 ``BudgetExceededError`` and not recorded; ``check_fits`` answers the same question at plan time, before anything
 is computed on sensitive data.
 
@@ -55,6 +59,7 @@ from espnet_pate.privacy.ledger_file import LedgerCorruptError, LedgerFile
 from espnet_pate.privacy.orders import as_orders, orders_id
 
 __all__ = [
+    "BudgetChange",
     "BudgetExceededError",
     "LedgerCorruptError",
     "LedgerMismatchError",
@@ -74,7 +79,7 @@ class BudgetExceededError(RuntimeError):
 
 
 class LedgerMismatchError(ValueError):
-    """The ledger was opened with another budget, delta, conversion or order grid than its header fixes."""
+    """The ledger was opened with another budget, delta, conversion or order grid than it holds."""
 
 
 class LedgerMissingError(FileNotFoundError):
@@ -109,6 +114,14 @@ class Release:
     time: str = ""
     eps_extra: float = 0.0  # approximate-DP terms added after the RDP conversion (format 2)
     delta_extra: float = 0.0
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    eps_budget: float
+    previous: Optional[float]
+    reason: str
+    time: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,7 +170,8 @@ class PrivacyLedger:
     """``PrivacyLedger(path, eps_budget=8, delta=1e-5)``: open or create the ledger of one sensitive data set.
 
     Created with the given budget, delta, order grid and conversion (defaults: no budget, the default grid, the
-    improved conversion); an existing ledger keeps its header's, and any of them given differently is an error.
+    improved conversion); an existing ledger keeps its own (the budget: its effective one), and any of them given
+    differently is an error. ``eps_budget`` is the effective budget as of the last read of the file.
     ``create=False`` refuses to create a missing ledger (``LedgerMissingError``).
     """
 
@@ -177,36 +191,45 @@ class PrivacyLedger:
         if not create and not os.path.exists(path):
             raise LedgerMissingError(f"no privacy ledger at {path}: create it first (python -m "
                                      "espnet_pate.bin.privacy_ledger init --ledger PATH --config conf/privacy.yaml)")
+        self._header_budget = self.eps_budget
+        self._changes: List[BudgetChange] = []
         with self._file.locked(fcntl.LOCK_EX) as f:
-            header, _, _ = self._file.read(f)
+            header, records, _ = self._file.read(f)
             if header is None:
                 if not create:
                     raise LedgerMissingError(f"{path} holds no ledger header")
                 self._create(f)
             else:
-                self._adopt(header, orders, conversion)
+                self._adopt(header, self._budget_changes(records), orders, conversion)
             self._load(f)  # a corrupt ledger fails here, at open time
 
-    def _adopt(self, header: dict, orders, conversion: Optional[str]) -> None:
-        """Take the header's budget, delta, conversion and grid; refuse others given by the caller."""
+    def _adopt(self, header: dict, changes: List[BudgetChange], orders, conversion: Optional[str]) -> None:
+        """Take the header's delta, conversion and grid and the effective budget; refuse others given by the caller."""
         if header.get("format_version") not in READABLE_VERSIONS:
             raise LedgerCorruptError(f"{self.path}: unknown ledger format {header.get('format_version')} "
                                      f"(this code reads {READABLE_VERSIONS})")
         fixed = (header.get("eps_budget"), header.get("delta"))
-        given = (self.eps_budget, self.delta)
-        if (self.eps_budget is not None and given != fixed) or \
-                (self.delta is not None and fixed[1] is not None and self.delta != fixed[1]):
+        effective = changes[-1].eps_budget if changes else fixed[0]
+        wrong_delta = self.delta is not None and fixed[1] is not None and self.delta != fixed[1]
+        if wrong_delta or (self.eps_budget is not None and self.eps_budget != effective):
+            now = f", its budget changed since to eps={_g(effective)}" if changes else ""
+            asked = (f"{self.path} was created with budget eps={_g(fixed[0])} at delta={_g(fixed[1])}{now}; this run "
+                     f"asks for eps={_g(self.eps_budget)} at delta={_g(self.delta)}.")
+            if wrong_delta or fixed[1] is None:
+                raise LedgerMismatchError(f"{asked} The delta of the sensitive data set is fixed for good: use the "
+                                          "same one, or a new ledger for new data.")
             raise LedgerMismatchError(
-                f"{self.path} was created with budget eps={_g(fixed[0])} at delta={_g(fixed[1])}; this run asks "
-                f"for eps={_g(given[0])} at delta={_g(given[1])}. The header fixes the budget of the sensitive "
-                "data set: use the same values, or a new ledger for new data.")
+                f"{asked} Use the same budget, or change it as a recorded act: python -m "
+                f"espnet_pate.bin.privacy_ledger init --ledger {self.path} --config CONFIG --set-budget (CONFIG: "
+                "the YAML with the new eps_budget).")
         if conversion is not None and conversion != header.get("conversion"):
             raise LedgerMismatchError(f"{self.path} converts RDP with the {header.get('conversion')} conversion, "
                                       f"this run asks for {conversion}")
         if orders is not None and header.get("orders_id") != self.orders_id:
             raise LedgerMismatchError(f"{self.path} accounts on order grid {header.get('orders_id')}, this process "
                                       f"on {self.orders_id}: RDP curves only compose on one grid")
-        self.eps_budget = None if fixed[0] is None else float(fixed[0])
+        self._header_budget = None if fixed[0] is None else float(fixed[0])
+        self.eps_budget = self._header_budget
         if fixed[1] is not None or self.delta is None:
             self.delta = None if fixed[1] is None else float(fixed[1])
         self.conversion = header.get("conversion", "improved")
@@ -228,6 +251,7 @@ class PrivacyLedger:
             yield self
 
     def _load(self, f) -> Tuple[List[Release], int]:
+        """(releases, valid length); refreshes the effective budget and its changes from the file."""
         header, records, valid = self._file.read(f)
         if header is None:
             raise LedgerCorruptError(f"{self.path}: no header")
@@ -235,18 +259,42 @@ class PrivacyLedger:
             raise LedgerCorruptError(f"{self.path}: unknown ledger format {header.get('format_version')}")
         releases = []
         for i, r in enumerate(records):
+            if r.get("kind") == "budget":
+                continue
             try:
                 releases.append(Release(**{k: v for k, v in r.items() if k not in ("kind", "sha256")}))
             except TypeError as err:
                 raise LedgerCorruptError(f"{self.path}: line {i + 2} is not a release of format "
                                          f"{header.get('format_version')}: {err}") from None
+        self._changes = self._budget_changes(records)
+        self.eps_budget = self._changes[-1].eps_budget if self._changes else self._header_budget
         return releases, valid
+
+    def _budget_changes(self, records: List[dict]) -> List[BudgetChange]:
+        changes = []
+        for i, r in enumerate(records):
+            if r.get("kind") != "budget":
+                continue
+            try:
+                change = BudgetChange(**{k: v for k, v in r.items() if k not in ("kind", "sha256")})
+            except TypeError as err:
+                raise LedgerCorruptError(f"{self.path}: line {i + 2} is not a budget change: {err}") from None
+            if not _positive(change.eps_budget):
+                raise LedgerCorruptError(f"{self.path}: line {i + 2} sets the budget to {change.eps_budget!r}")
+            changes.append(change)
+        return changes
 
     # ------------------------------------------------------------------------------------------------ queries
     @property
     def releases(self) -> List[Release]:
         with self._file.locked(fcntl.LOCK_SH) as f:
             return self._load(f)[0]
+
+    @property
+    def budget_changes(self) -> List[BudgetChange]:
+        with self._file.locked(fcntl.LOCK_SH) as f:
+            self._load(f)
+            return list(self._changes)
 
     def get(self, release_id: str) -> Optional[Release]:
         return next((r for r in self.releases if r.release_id == release_id), None)
@@ -289,11 +337,13 @@ class PrivacyLedger:
         return (self.eps_budget is None or (t.valid and t.eps <= self.eps_budget)), t.eps
 
     def summary(self) -> dict:
-        """The ledger's claim as a JSON-able dict: budget, releases, the composed total."""
+        """The ledger's claim as a JSON-able dict: budget (and its recorded changes), releases, the composed total."""
         rel = self.releases
         out = {"ledger": os.path.abspath(self.path), "eps_budget": self.eps_budget, "delta": self.delta,
                "conversion": self.conversion, "orders_id": self.orders_id, "releases": len(rel),
-               "data_dependent": any(r.data_dependent for r in rel)}
+               "data_dependent": any(r.data_dependent for r in rel),
+               "budget_changes": [{"eps_budget": c.eps_budget, "previous": c.previous, "reason": c.reason,
+                                   "time": c.time} for c in self._changes]}
         if self.delta is not None:
             t = self.total(rel)
             out.update(eps=t.eps, order=t.order, eps_rdp=t.eps_rdp, eps_extra=t.eps_extra, delta_extra=t.delta_extra)
@@ -329,6 +379,32 @@ class PrivacyLedger:
             self._file.append(f, dict(asdict(new), kind="release"), valid)
         return new, True
 
+    def set_budget(self, eps_budget: float, reason: str) -> Optional[BudgetChange]:
+        """Record a new budget; None (nothing written) when it is the effective one already. Never below what the
+        recorded releases have spent (ValueError)."""
+        new = float(eps_budget)
+        if not _positive(new):
+            raise ValueError(f"eps_budget must be finite and > 0, got {eps_budget}")
+        if not str(reason).strip():
+            raise ValueError("a budget change needs a reason")
+        if self.delta is None:
+            raise ValueError(f"{self.path} has no delta: a budget needs one")
+        with self._file.locked(fcntl.LOCK_EX) as f:
+            releases, valid = self._load(f)
+            if self.eps_budget == new:
+                return None
+            spent = self.total(releases)
+            if not (spent.valid and spent.eps <= new):
+                raise ValueError(
+                    f"{self.path}: budget eps={new:g} is below what {len(releases)} recorded releases have already "
+                    f"spent, eps={spent.eps:.4f} at delta={self.delta:g}; the effective budget stays "
+                    f"eps={_g(self.eps_budget)}")
+            change = BudgetChange(new, self.eps_budget, str(reason), _now())
+            self._file.append(f, dict(asdict(change), kind="budget"), valid)
+            self._changes.append(change)
+            self.eps_budget = new
+        return change
+
     def _check_same(self, old: Release, new: Release) -> None:
         if not np.allclose(old.rdp, new.rdp, rtol=1e-9, atol=0) or old.outputs != new.outputs or \
                 not math.isclose(old.eps_extra, new.eps_extra, rel_tol=1e-9) or \
@@ -357,6 +433,10 @@ class PrivacyLedger:
             f"{self.path} would be exceeded: {len(releases)} recorded releases have spent eps={before.eps:.4f}; "
             f"release '{new.what}' ({new.mechanism}, {new.queries} queries, id {new.release_id}): {cause}. "
             "Nothing was recorded.")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
 def _g(x) -> str:
