@@ -45,6 +45,8 @@ run_one() {
   "${args[@]}" >> "$log" 2>&1
   local rc=$?
   { echo "# Accounting: time=$((SECONDS - t0)) threads=1"; echo "# Ended (code $rc) at $(date)"; } >> "$log"
+  # progress on the terminal: parallel jobs otherwise write only to their logs
+  [ ${#values[@]} -le 1 ] || echo "$(date '+%Y-%m-%dT%H:%M:%S') job ${i} of ${#values[@]} ended (code ${rc}, $((SECONDS - t0)) s): ${log}" >&2
   return $rc
 }
 pids=(); logs=()
