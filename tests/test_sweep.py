@@ -122,3 +122,19 @@ def test_a_release_without_its_public_set_asks_for_a_stage4_rerun(tmp_path, caps
     with pytest.raises(SystemExit) as e:
         make_student_data.main(["--release", str(tmp_path / "rel"), str(tmp_path / "out")])
     assert e.value.code == 2 and "rerun stage 4" in capsys.readouterr().err
+
+
+def test_audits_attack_one_repeat_of_each_setting(tmp_path):
+    from espnet_pate.asr.decode import MODEL_FILE
+    from espnet_pate.attacks.systems import audited_systems
+    from espnet_pate.report.privacy_json import write_privacy_info
+
+    for name, claim in (("public_only", {"epsilon": 0, "mechanism": "public_only"}),
+                        ("dpsgd_eps8", {"epsilon": 8, "mechanism": "dpsgd"}),
+                        ("dpsgd_eps8_seed2", {"epsilon": 8, "mechanism": "dpsgd"}),
+                        ("teacher_0", {"mechanism": "teacher"}), ("student_x", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / MODEL_FILE).write_bytes(b"")
+        if claim:
+            write_privacy_info(tmp_path / name, **claim)
+    assert [d.name for d in audited_systems(tmp_path)] == ["dpsgd_eps8", "public_only"]

@@ -1,6 +1,7 @@
 """The systems an audit attacks: every released model directly under the experiment root (a privacy.json with
 an epsilon, not a teacher), plus the public-only model (epsilon 0) as the floor. Teachers are never released, so
-they are not audited here."""
+they are not audited here. Of repeats of one setting (``<system>_seed<N>``, which differ only in their noise) the
+first is audited: a sweep's three repeats would triple the stage for no new question."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from typing import List
 
 from espnet_pate.asr.decode import MODEL_FILE
 from espnet_pate.report.privacy_json import read_privacy_info
+from espnet_pate.report.results_rows import SEED
 
 __all__ = ["audited_systems", "kind_of"]
 
@@ -32,6 +34,8 @@ def audited_systems(exp_root: os.PathLike | str) -> List[Path]:
     out = []
     for d in sorted(p for p in exp_root.iterdir() if p.is_dir()):
         claim = read_privacy_info(d)
+        if SEED.match(d.name):
+            continue
         if (d / MODEL_FILE).exists() and claim.get("epsilon") is not None and claim.get("mechanism") != "teacher":
             out.append(d)
     if not out:
