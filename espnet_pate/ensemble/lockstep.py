@@ -220,6 +220,7 @@ class LockstepDecoder:
         ens, head = self.ens, self.head
         B = len(batch)
         lengths, enc_proj = start_batch(ens, encs, head)
+        enc_flat = enc_proj.reshape(enc_proj.shape[0], -1, enc_proj.shape[-1])  # [K, B * T, J]: frame b * T + t
         blank = ens.blank_id
         t = np.zeros(B, dtype=np.int64)
         T = lengths.numpy()
@@ -234,8 +235,8 @@ class LockstepDecoder:
         while active.any():
             idx = np.flatnonzero(active)
             tidx = torch.as_tensor(idx, device=enc_proj.device)
-            tt = torch.as_tensor(t[idx], device=enc_proj.device)
-            logits = ens.joint.logits(enc_proj[:, tidx, tt], head.dec_proj[:, tidx])  # [K, A, V]
+            frames = torch.as_tensor(idx * enc_proj.shape[2] + t[idx], device=enc_proj.device)
+            logits = ens.joint.logits(enc_flat.index_select(1, frames), head.dec_proj.index_select(1, tidx))  # [K,A,V]
             if not bool(torch.isfinite(logits.sum())):  # any NaN or inf makes the sum non-finite
                 bad = sorted({ens.names[k] for k in torch.nonzero(~torch.isfinite(logits))[:, 0].tolist()})
                 raise FloatingPointError(f"non-finite scores from {bad} (a broken checkpoint?)")

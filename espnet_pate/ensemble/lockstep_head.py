@@ -55,14 +55,15 @@ class LockstepHead:
         self.step(rows, torch.full((batch,), blank, dtype=torch.long))
 
     def step(self, rows: torch.Tensor, labels: torch.Tensor) -> None:
-        x = self.table[:, labels]
+        # index_select: several times faster than advanced indexing at K = 250
+        x = self.table.index_select(1, labels)
         for i in range(len(self.w_cat)):
-            gh = self.gh[i][:, rows]
+            gh = self.gh[i].index_select(1, rows)
             if self.c is not None:
-                h, c = lstm_cell(x + gh, self.c[i][:, rows])
+                h, c = lstm_cell(x + gh, self.c[i].index_select(1, rows))
                 self.c[i][:, rows] = c
             else:
-                h = gru_cell(x, gh, self.h[i][:, rows])
+                h = gru_cell(x, gh, self.h[i].index_select(1, rows))
             self.h[i][:, rows] = h
             self.gh[i][:, rows], x = self._after(i, h)
         self.dec_proj[:, rows] = x
