@@ -19,7 +19,8 @@ whole run stops: utterances in progress are dropped, later ones are never starte
 Batching: teachers are batched everywhere (``TeacherEnsemble``); utterances are decoded ``batch_size`` at a time,
 each with its own frame pointer and prefix. With a budget, at most one batch of partly decoded utterances is lost
 when the budget runs out, so keep ``batch_size`` moderate. Encoder outputs are computed per utterance, as
-ESPnet's ``Speech2Text`` does, so padding never changes a teacher's scores.
+ESPnet's ``Speech2Text`` does, so padding never changes a teacher's scores. At large K a step's cost is reading
+the teachers' decoder weights (``LockstepHead`` reads each once per step), so more utterances per batch share it.
 
 With one teacher (or K identical ones) and a noise-free aggregator this is exact greedy RNN-T decoding with
 ESPnet's own scores (tested against a reference built from ESPnet's modules). The stock ``Speech2Text`` with
@@ -249,12 +250,12 @@ class LockstepDecoder:
             nq[rows] += 1
             if ran < len(idx):  # the budget refused the rest: the run stops here
                 exhausted = True
-            for b in idx[ran:]:
+            stopped, refused = idx[ran:], rows[labels == REFUSED]
+            for b in stopped:
                 results[batch[b]].status = STOPPED_BUDGET
-            for b in rows[labels == REFUSED]:
+            for b in refused:
                 results[batch[b]].status = REFUSED_THRESHOLD
-            active[idx[ran:]] = False
-            active[rows[labels == REFUSED]] = False
+            active[stopped] = active[refused] = False
             emit = (labels != REFUSED) & (labels != blank)
             done = rows[labels == blank]  # blank moves to the next frame
             if emit.any():
