@@ -141,16 +141,24 @@ def encoder_of(ensemble, load: Callable[[str], np.ndarray]):
     return lambda utts: ensemble.encode_batch([load(u) for u in utts])
 
 
-def start_batch(ensemble, encs: Sequence[torch.Tensor], head: LockstepHead):
-    """(lengths [B], projected encoder outputs [K, B, T, J] zero-padded); ``head`` is reset to the decoder state
-    after blank: where every greedy search over a batch of utterances starts."""
-    ens, K, B = ensemble, ensemble.num_teachers, len(encs)
+def padded_projection(ensemble, encs: Sequence[torch.Tensor]):
+    """(lengths [B], projected encoder outputs [K, B, T, J] zero-padded) of a batch of utterances."""
+    K, B = ensemble.num_teachers, len(encs)
     lengths = torch.tensor([e.shape[1] for e in encs])
     enc = encs[0].new_zeros(K, B, int(lengths.max()), encs[0].shape[-1])
     for b, e in enumerate(encs):
         enc[:, b, : e.shape[1]] = e
-    head.start(B, ens.blank_id)
-    return lengths, ens.joint.project_encoder(enc)
+    return lengths, ensemble.joint.project_encoder(enc)
+
+
+def start_batch(ensemble, encs: Sequence[torch.Tensor]):
+    """(lengths [B], projected encoder outputs [K, B, T, J] zero-padded, decoder state after blank, projected
+    decoder output [K, B, J]): where every greedy search over a batch of utterances starts."""
+    ens, B = ensemble, len(encs)
+    lengths, enc_proj = padded_projection(ens, encs)
+    state = ens.decoder.init_state(B)
+    out, state = ens.decoder.step(torch.full((B,), ens.blank_id, dtype=torch.long, device=enc_proj.device), state)
+    return lengths, enc_proj, state, ens.joint.project_decoder(out)
 
 
 def _aggregate(aggregator, votes: np.ndarray, budget: Optional[PrivacyBudget]):
@@ -220,7 +228,8 @@ class LockstepDecoder:
         """Decode one batch of utterances together; True when the budget stopped the run."""
         ens, head = self.ens, self.head
         B = len(batch)
-        lengths, enc_proj = start_batch(ens, encs, head)
+        lengths, enc_proj = padded_projection(ens, encs)
+        head.start(B, ens.blank_id)
         enc_flat = enc_proj.reshape(enc_proj.shape[0], -1, enc_proj.shape[-1])  # [K, B * T, J]: frame b * T + t
         blank = ens.blank_id
         t = np.zeros(B, dtype=np.int64)

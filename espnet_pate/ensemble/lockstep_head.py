@@ -51,8 +51,8 @@ class LockstepHead:
         self.c = [zeros.clone() for _ in range(n)] if self.rnn_type == "lstm" else None
         self.gh = [self._after(i, zeros)[0] for i in range(n)]
         self.dec_proj = self.table.new_zeros(k, batch, self.b_cat[-1].shape[-1] - self.gates)
-        rows = torch.arange(batch)
-        self.step(rows, torch.full((batch,), blank, dtype=torch.long))
+        dev = self.table.device
+        self.step(torch.arange(batch, device=dev), torch.full((batch,), blank, dtype=torch.long, device=dev))
 
     def step(self, rows: torch.Tensor, labels: torch.Tensor) -> None:
         # index_select: several times faster than advanced indexing at K = 250
