@@ -21,7 +21,7 @@ from espnet_pate.asr.rnn_cells import gru_cell, lstm_cell
 
 
 class LockstepHead:
-    """``LockstepHead(ensemble)``; ``start(batch)`` resets B utterances to the decoder state after blank;
+    """``LockstepHead(ensemble)``; ``start(B, blank)`` resets B utterances to the decoder state after blank;
     ``step(rows, labels)`` feeds ``labels`` [M] to the utterances ``rows`` [M]; ``dec_proj`` [K, B, J] is the
     projected decoder output of every utterance (what ``StackedJoint.logits`` adds to the encoder's)."""
 
