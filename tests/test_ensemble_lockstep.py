@@ -20,10 +20,11 @@ from espnet_pate.ensemble.lockstep import (  # noqa: E402
     LockstepDecoder,
     NoiselessPlurality,
 )
+from espnet_pate.ensemble.lockstep_head import LockstepHead  # noqa: E402
 from espnet_pate.ensemble.pate_labeling import RunSettings, run_cost  # noqa: E402
 from espnet_pate.ensemble.teachers import TeacherEnsemble  # noqa: E402
 from espnet_pate.ensemble.toy import (  # noqa: E402
-    build_toy_model, perturbed_copy, reference_encoder, toy_utterances, write_toy_setup,
+    HEAD_TRAINABLE, build_toy_model, perturbed_copy, reference_encoder, toy_args, toy_utterances, write_toy_setup,
 )
 from espnet_pate.privacy.accounting import confident_gnmax_cost  # noqa: E402
 from espnet_pate.privacy.budget import PrivacyBudget  # noqa: E402
@@ -153,6 +154,29 @@ def test_batched_over_teachers_equals_per_teacher_reference_loop(sharpness, blan
     a = LockstepDecoder(ens, NoiselessPlurality(), max_symbols_per_frame=3, batch_size=1).decode(list(utts), utts.get)
     b = LockstepDecoder(ens, NoiselessPlurality(), max_symbols_per_frame=3, batch_size=3).decode(list(utts), utts.get)
     assert a.labelled() == b.labelled() and a.queries.num_queries == b.queries.num_queries
+
+
+@pytest.mark.parametrize("rnn_type,layers", [("lstm", 1), ("lstm", 2), ("gru", 2)])
+def test_lockstep_head_equals_the_stacked_decoder_and_joint(rnn_type, layers):
+    args = toy_args()
+    args.decoder_conf = {"embed_size": 16, "hidden_size": 16, "num_layers": layers, "rnn_type": rnn_type}
+    base = build_toy_model(args=args)
+    ens = TeacherEnsemble(iter([base] + [perturbed_copy(base, seed=s, trainable=HEAD_TRAINABLE) for s in (1, 2)]))
+    head, B = LockstepHead(ens), 5
+    head.start(B, ens.blank_id)
+    state = ens.decoder.init_state(B)
+    out, state = ens.decoder.step(torch.zeros(B, dtype=torch.long), state)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):  # a different subset of utterances emits a token at each step
+        rows = torch.nonzero(torch.rand(B, generator=g) < 0.6)[:, 0]
+        labels = torch.randint(1, ens.vocab_size, (len(rows),), generator=g)
+        head.step(rows, labels)
+        h, c = state
+        o, (h_new, c_new) = ens.decoder.step(labels, (h[:, :, rows], None if c is None else c[:, :, rows]))
+        h[:, :, rows], out[:, rows] = h_new, o
+        if c is not None:
+            c[:, :, rows] = c_new
+        torch.testing.assert_close(head.dec_proj, ens.joint.project_decoder(out), atol=1e-6, rtol=1e-6)
 
 
 def test_ties_go_to_the_lowest_index():

@@ -19,7 +19,8 @@ whole run stops: utterances in progress are dropped, later ones are never starte
 Batching: teachers are batched everywhere (``TeacherEnsemble``); utterances are decoded ``batch_size`` at a time,
 each with its own frame pointer and prefix. With a budget, at most one batch of partly decoded utterances is lost
 when the budget runs out, so keep ``batch_size`` moderate. Encoder outputs are computed per utterance, as
-ESPnet's ``Speech2Text`` does, so padding never changes a teacher's scores.
+ESPnet's ``Speech2Text`` does, so padding never changes a teacher's scores. At large K a step's cost is reading
+the teachers' decoder weights (``LockstepHead`` reads each once per step), so more utterances per batch share it.
 
 With one teacher (or K identical ones) and a noise-free aggregator this is exact greedy RNN-T decoding with
 ESPnet's own scores (tested against a reference built from ESPnet's modules). The stock ``Speech2Text`` with
@@ -37,6 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from espnet_pate.ensemble.lockstep_head import LockstepHead
 from espnet_pate.privacy.budget import PrivacyBudget
 from espnet_pate.privacy.mechanisms import REFUSED, Aggregation
 from espnet_pate.privacy.votes import hard_votes, plurality
@@ -139,17 +141,24 @@ def encoder_of(ensemble, load: Callable[[str], np.ndarray]):
     return lambda utts: ensemble.encode_batch([load(u) for u in utts])
 
 
-def start_batch(ensemble, encs: Sequence[torch.Tensor]):
-    """(lengths [B], projected encoder outputs [K, B, T, J] zero-padded, decoder state after blank, projected
-    decoder output [K, B, J]): where every greedy search over a batch of utterances starts."""
-    ens, K, B = ensemble, ensemble.num_teachers, len(encs)
+def padded_projection(ensemble, encs: Sequence[torch.Tensor]):
+    """(lengths [B], projected encoder outputs [K, B, T, J] zero-padded) of a batch of utterances."""
+    K, B = ensemble.num_teachers, len(encs)
     lengths = torch.tensor([e.shape[1] for e in encs])
     enc = encs[0].new_zeros(K, B, int(lengths.max()), encs[0].shape[-1])
     for b, e in enumerate(encs):
         enc[:, b, : e.shape[1]] = e
+    return lengths, ensemble.joint.project_encoder(enc)
+
+
+def start_batch(ensemble, encs: Sequence[torch.Tensor]):
+    """(lengths [B], projected encoder outputs [K, B, T, J] zero-padded, decoder state after blank, projected
+    decoder output [K, B, J]): where every greedy search over a batch of utterances starts."""
+    ens, B = ensemble, len(encs)
+    lengths, enc_proj = padded_projection(ens, encs)
     state = ens.decoder.init_state(B)
-    out, state = ens.decoder.step(torch.full((B,), ens.blank_id, dtype=torch.long, device=enc.device), state)
-    return lengths, ens.joint.project_encoder(enc), state, ens.joint.project_decoder(out)
+    out, state = ens.decoder.step(torch.full((B,), ens.blank_id, dtype=torch.long, device=enc_proj.device), state)
+    return lengths, enc_proj, state, ens.joint.project_decoder(out)
 
 
 def _aggregate(aggregator, votes: np.ndarray, budget: Optional[PrivacyBudget]):
@@ -174,6 +183,7 @@ class LockstepDecoder:
             raise ValueError("max_symbols_per_frame and batch_size must be >= 1")
         self.ens, self.aggregator, self.vote = ensemble, aggregator, vote
         self.max_symbols_per_frame, self.batch_size = int(max_symbols_per_frame), int(batch_size)
+        self.head = LockstepHead(ensemble)
 
     def votes(self, logits: torch.Tensor) -> np.ndarray:
         """Histograms [A, V] from the teachers' logits [K, A, V]."""
@@ -216,9 +226,11 @@ class LockstepDecoder:
 
     def _decode_batch(self, batch, encs, index, results, qlog, budget) -> bool:
         """Decode one batch of utterances together; True when the budget stopped the run."""
-        ens = self.ens
+        ens, head = self.ens, self.head
         B = len(batch)
-        lengths, enc_proj, state, dec_proj = start_batch(ens, encs)
+        lengths, enc_proj = padded_projection(ens, encs)
+        head.start(B, ens.blank_id)
+        enc_flat = enc_proj.reshape(enc_proj.shape[0], -1, enc_proj.shape[-1])  # [K, B * T, J]: frame b * T + t
         blank = ens.blank_id
         t = np.zeros(B, dtype=np.int64)
         T = lengths.numpy()
@@ -226,52 +238,45 @@ class LockstepDecoder:
         active = np.ones(B, dtype=bool)
         hyps: List[List[int]] = [[] for _ in range(B)]
         nq = np.zeros(B, dtype=np.int64)
+        utt_index = np.array([index[u] for u in batch], dtype=np.int64)
         for b, u in enumerate(batch):
             results[u].frames = int(lengths[b])
         exhausted = False
         while active.any():
             idx = np.flatnonzero(active)
             tidx = torch.as_tensor(idx, device=enc_proj.device)
-            tt = torch.as_tensor(t[idx], device=enc_proj.device)
-            logits = ens.joint.logits(enc_proj[:, tidx, tt], dec_proj[:, tidx])  # [K, A, V]
+            frames = torch.as_tensor(idx * enc_proj.shape[2] + t[idx], device=enc_proj.device)
+            logits = ens.joint.logits(enc_flat.index_select(1, frames), head.dec_proj.index_select(1, tidx))  # [K,A,V]
             if not bool(torch.isfinite(logits.sum())):  # any NaN or inf makes the sum non-finite
                 bad = sorted({ens.names[k] for k in torch.nonzero(~torch.isfinite(logits))[:, 0].tolist()})
                 raise FloatingPointError(f"non-finite scores from {bad} (a broken checkpoint?)")
             votes = self.votes(logits)
             agg, ran = _aggregate(self.aggregator, votes, budget)
-            labels = np.asarray(agg.labels).reshape(-1)
+            labels = np.asarray(agg.labels).reshape(-1)[:ran]
             answered = np.asarray(agg.answered).reshape(-1)
-            qlog.add(votes[:ran], np.array([index[batch[b]] for b in idx[:ran]]), answered[:ran], labels[:ran])
-            nq[idx[:ran]] += 1
+            rows = idx[:ran]
+            qlog.add(votes[:ran], utt_index[rows], answered[:ran], labels)
+            nq[rows] += 1
             if ran < len(idx):  # the budget refused the rest: the run stops here
                 exhausted = True
-            tokens = []
-            for row, b in enumerate(idx):
-                if row >= ran:
-                    results[batch[b]].status = STOPPED_BUDGET
-                    active[b] = False
-                elif labels[row] == REFUSED:
-                    results[batch[b]].status = REFUSED_THRESHOLD
-                    active[b] = False
-                elif labels[row] == blank:
-                    t[b] += 1
-                    sym[b] = 0
-                else:
-                    hyps[b].append(int(labels[row]))
-                    tokens.append((b, int(labels[row])))
-                    sym[b] += 1
-                    if sym[b] >= self.max_symbols_per_frame:
-                        t[b] += 1
-                        sym[b] = 0
-            if tokens:
-                rows = torch.tensor([b for b, _ in tokens], device=enc_proj.device)
-                lab = torch.tensor([y for _, y in tokens], device=enc_proj.device)
-                h, c = state
-                out, (h_new, c_new) = ens.decoder.step(lab, (h[:, :, rows], None if c is None else c[:, :, rows]))
-                h[:, :, rows] = h_new
-                if c is not None:
-                    c[:, :, rows] = c_new
-                dec_proj[:, rows] = ens.joint.project_decoder(out)
+            stopped, refused = idx[ran:], rows[labels == REFUSED]
+            for b in stopped:
+                results[batch[b]].status = STOPPED_BUDGET
+            for b in refused:
+                results[batch[b]].status = REFUSED_THRESHOLD
+            active[stopped] = active[refused] = False
+            emit = (labels != REFUSED) & (labels != blank)
+            done = rows[labels == blank]  # blank moves to the next frame
+            if emit.any():
+                erows, elabels = rows[emit], labels[emit]
+                for b, y in zip(erows.tolist(), elabels.tolist()):
+                    hyps[b].append(y)
+                sym[erows] += 1
+                done = np.concatenate([done, erows[sym[erows] >= self.max_symbols_per_frame]])
+                head.step(torch.as_tensor(erows, device=enc_proj.device),
+                          torch.as_tensor(elabels, dtype=torch.long, device=enc_proj.device))
+            t[done] += 1
+            sym[done] = 0
             for b in np.flatnonzero(active & (t >= T)):
                 results[batch[b]].status = LABELLED
                 active[b] = False
