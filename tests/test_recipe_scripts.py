@@ -44,6 +44,8 @@ def test_run_local_runs_jobs_one_to_n_logs_each_and_reports_failures(tmp_path):
     bad = run("utils/run_local.sh", "JOB=1:3", str(log), "bash", "-c", "exit $((JOB == 2 ? 5 : 0))")
     assert bad.returncode == 1 and "log.2.txt" in bad.stderr and "log.1.txt" not in bad.stderr
     assert "Ended (code 5)" in (tmp_path / "log.2.txt").read_text()
+    # progress on the terminal: each parallel job's end
+    assert re.search(r"job 2 of 3 ended \(code 5, \d+ s\): .*log\.2\.txt", bad.stdout), bad.stdout
 
 
 def test_run_local_runs_at_most_max_jobs_at_once(tmp_path):
@@ -114,6 +116,13 @@ def test_run_sh_refuses_invalid_stage_ranges():
     for args in (["--stage", "5", "--stop-stage", "3"], ["--stage", "x"], ["--stop-stage", "12"]):
         out = subprocess.run(["./run.sh", *args], cwd=ROOT, capture_output=True, text=True)
         assert out.returncode == 2 and "invalid stage range" in out.stderr, args
+
+
+def test_run_sh_refuses_unknown_sweeps_and_bad_repeats():
+    for args, message in ((["--sweep", "fast"], "--sweep takes default or full"),
+                          (["--repeats", "0"], "--repeats takes a positive integer")):
+        out = subprocess.run(["./run.sh", *args], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2 and message in out.stderr, args
 
 
 def test_run_sh_names_the_stage_to_run_when_inputs_are_missing(tmp_path):

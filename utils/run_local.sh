@@ -46,7 +46,7 @@ run_one() {
   local rc=$?
   { echo "# Accounting: time=$((SECONDS - t0)) threads=1"; echo "# Ended (code $rc) at $(date)"; } >> "$log"
   # progress on the terminal: parallel jobs otherwise write only to their logs
-  [ ${#values[@]} -le 1 ] || echo "$(date '+%Y-%m-%dT%H:%M:%S') job ${i} of ${#values[@]} ended (code ${rc}, $((SECONDS - t0)) s): ${log}" >&2
+  [ ${#values[@]} -le 1 ] || echo "$(date '+%Y-%m-%dT%H:%M:%S') job ${i} of ${#values[@]} ended (code ${rc}, $((SECONDS - t0)) s): ${log}"
   return $rc
 }
 pids=(); logs=()
