@@ -46,8 +46,10 @@ def averaged(snapshots: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor
 
 
 def write_teacher_dir(out_dir: os.PathLike | str, config: Mapping, public_state: Mapping[str, torch.Tensor],
-                      best_heads: List[Dict[str, torch.Tensor]], valid_losses: List[float]) -> Path:
-    """``best_heads``: the head state dicts of the n best epochs, best first; ``valid_losses``: every epoch's."""
+                      best_heads: List[Dict[str, torch.Tensor]], valid_losses: List[float], mark_done: bool = True
+                      ) -> Path:
+    """``best_heads``: the head state dicts of the n best epochs, best first; ``valid_losses``: every epoch's;
+    ``mark_done`` False: the caller writes ``.done`` after what it still adds (a DP release)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=True, allow_unicode=True))
@@ -67,5 +69,6 @@ def write_teacher_dir(out_dir: os.PathLike | str, config: Mapping, public_state:
     link.symlink_to(f"valid.loss.ave_{n}best.pth")
     with open(out / "valid_loss.txt", "w") as f:
         f.writelines(f"epoch {e + 1} valid.loss {loss:.6f}\n" for e, loss in enumerate(valid_losses))
-    (out / ".done").touch()
+    if mark_done:
+        (out / ".done").touch()
     return out
