@@ -18,7 +18,6 @@ the corpus's shapes (bench_dpsgd_step.make_batch). Figures: README ("DP-SGD").
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -30,20 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_dpsgd_step import Timer, build_args, make_batch  # noqa: E402
+from bench_dpsgd_step import Timer, base_parser, build_args, make_batch  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=ROOT / "conf/model.yaml")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--vocab", type=int, default=102)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--method", default="vmap", choices=["vmap", "loop"])
-    p.add_argument("--json", type=Path, default=None)
-    a = p.parse_args(argv)
+    a = base_parser(__doc__).parse_args(argv)
     torch.set_num_threads(a.threads)
 
     from espnet2.tasks.asr_transducer import ASRTransducerTask

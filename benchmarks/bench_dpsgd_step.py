@@ -93,8 +93,9 @@ class Timer:
         return statistics.median((self.wall if wall else self.cpu)[name])
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    """The options the DP step benchmarks share (bench_dpsgd_head.py too)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "conf/model.yaml")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--vocab", type=int, default=102)
@@ -102,9 +103,14 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--method", default="vmap", choices=["vmap", "loop"])
+    p.add_argument("--json", type=Path, default=None)
+    return p
+
+
+def main(argv=None):
+    p = base_parser(__doc__)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--sigma", type=float, default=1.0)
-    p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 

@@ -23,17 +23,19 @@ from espnet_pate.dpsgd.head_config import load_head_config
 from espnet_pate.dpsgd.head_trainer import train_dpsgd_head
 from espnet_pate.privacy.ledger import BudgetExceededError
 
+PATHS = (("public", "public model's experiment directory (config.yaml + model)"),
+         ("train", "sensitive Kaldi directory (wav.scp, text; utt2spk)"),
+         ("valid", "held-out public Kaldi directory for model selection"),
+         ("out", "output experiment directory"),
+         ("config", "training YAML (conf/train_dpsgd_head.yaml)"))
 OVERRIDES = ("dp_target_epsilon", "dp_noise_multiplier", "dp_unit", "dp_ledger", "dp_seed")
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m espnet_pate.bin.train_dpsgd_head",
                                 description="DP-SGD of the transducer head over cached public encoder outputs.")
-    p.add_argument("--public", required=True, help="public model's experiment directory (config.yaml + model)")
-    p.add_argument("--train", required=True, help="sensitive Kaldi directory (wav.scp, text; utt2spk)")
-    p.add_argument("--valid", required=True, help="held-out public Kaldi directory for model selection")
-    p.add_argument("--out", required=True, help="output experiment directory")
-    p.add_argument("--config", required=True, help="training YAML (conf/train_dpsgd_head.yaml)")
+    for name, what in PATHS:
+        p.add_argument(f"--{name}", required=True, help=what)
     p.add_argument("--model-file", default="valid.loss.ave.pth", help="public model file in --public")
     for name in OVERRIDES:  # as the ESPnet DP trainer's options; "none" clears the YAML's value
         p.add_argument(f"--{name}", default=None, help=f"overrides the YAML's {name}")

@@ -22,8 +22,8 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from espnet_pate.asr.rnnt_loss import rnnt_loss_logspace
-from espnet_pate.dpsgd.per_example import (ClipStats, Grads, _zero_nonfinite, add_noise, clip_and_sum, unit_chunks,
-                                           unit_index)
+from espnet_pate.dpsgd.per_example import (ClipStats, Grads, _zero_nonfinite, add_noise, clip_and_sum, set_grads,
+                                           unit_chunks, unit_index)
 from espnet_pate.dpsgd.per_example_loss import _decoder_forward
 from espnet_pate.ensemble.encoder_cache import CachedUtt
 
@@ -139,10 +139,7 @@ class HeadGradients:
     def dp_step_grads(self, *args, **kwargs) -> ClipStats:
         """``noisy_grad`` written into ``param.grad`` (None for frozen parameters), ready for optimizer.step."""
         g, stats = self.noisy_grad(*args, **kwargs)
-        for p in self.model.parameters():
-            p.grad = None
-        for n, p in self.trainable().items():
-            p.grad = g[n].to(p.dtype)
+        set_grads(self.model, g)
         return stats
 
     @torch.no_grad()

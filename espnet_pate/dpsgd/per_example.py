@@ -52,6 +52,7 @@ __all__ = [
     "add_noise",
     "clip_and_sum",
     "make_noise_generator",
+    "set_grads",
     "unit_chunks",
     "unit_index",
 ]
@@ -110,6 +111,16 @@ def add_noise(
             if std > 0 else torch.zeros_like(g)
         out[n] = (g + noise) / float(expected_batch_size)
     return out
+
+
+def set_grads(model: torch.nn.Module, grads: Grads) -> None:
+    """``grads`` (by parameter name) into ``p.grad`` of the trainable parameters, None for the frozen ones: what
+    the optimizer sees is exactly the DP gradient."""
+    for p in model.parameters():
+        p.grad = None
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            p.grad = grads[n].to(p.dtype)
 
 
 def unit_index(group_ids: Optional[Sequence], batch_size: int) -> Tuple[torch.Tensor, int]:
@@ -362,8 +373,5 @@ class PerExampleGradients:
     def dp_step_grads(self, *args, **kwargs) -> ClipStats:
         """``noisy_grad`` written into ``param.grad`` (None for frozen parameters), ready for optimizer.step."""
         g, stats = self.noisy_grad(*args, **kwargs)
-        for p in self.model.parameters():
-            p.grad = None
-        for n, p in self.trainable().items():
-            p.grad = g[n].to(p.dtype)
+        set_grads(self.model, g)
         return stats
