@@ -191,3 +191,23 @@ def test_output_loads_in_stock_speech2text_with_the_public_encoder(toy):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["dp_report"]["epsilon"] == json.loads((out / "privacy.json").read_text())["epsilon"]
     assert np.isfinite([float(x.split()[-1]) for x in (out / "valid_loss.txt").read_text().splitlines()]).all()
+
+
+def test_cli_refuses_what_the_espnet_dp_trainer_refuses(toy, tmp_path, capsys):
+    from espnet_pate.bin.train_dpsgd_head import main
+
+    ledger = tmp_path / "small.jsonl"
+    PrivacyLedger(str(ledger), eps_budget=2.0, delta=1e-5)
+    base = ["--train", str(toy["train"]), "--valid", str(toy["valid"]), "--config", str(CONF),
+            "--dp_target_epsilon", "8"]
+    assert main(["--public", str(toy["public"]), "--out", str(tmp_path / "over"), "--dp_ledger", str(ledger),
+                 *base]) == 1
+    assert "Nothing was trained" in capsys.readouterr().err and not (tmp_path / "over").exists()
+    seen = tmp_path / "seen"  # a start model that saw sensitive data
+    seen.mkdir()
+    for f in ("config.yaml", "valid.loss.ave.pth"):
+        (seen / f).write_bytes((toy["public"] / f).read_bytes())
+    write_privacy_info(seen, mechanism="dpsgd", epsilon=1)
+    assert main(["--public", str(seen), "--out", str(tmp_path / "x"), *base]) == 1
+    assert "public data only" in capsys.readouterr().err
+    assert PrivacyLedger(str(ledger)).releases == []
