@@ -53,6 +53,8 @@
 #   --feats_normalize N        global_mvn (statistics of public_labeled, stage 2) | utterance_mvn (each utterance
 #                              by its own statistics: recordings from different microphones) (default global_mvn)
 #   --score_teachers N         stage 7 decodes the first N teachers of each teacher set (default 5)
+#   --audit_speakers N         stage 8's members: N evenly spaced speakers of sensitive with all their utterances
+#                              (default 100; 0: all of sensitive): every audited and shadow model scores each member
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
 #   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
 #   --datadir --dumpdir --expdir   output folders (default data dump exp; with --debug true data_debug dump_debug
@@ -85,6 +87,7 @@ token_type=char
 nbpe=100
 feats_normalize=global_mvn
 score_teachers=5
+audit_speakers=100
 student_text=""
 results=""
 conf_dir=conf
@@ -425,8 +428,9 @@ fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   # Attacks on the sensitive data: their results (and the evaluation-only speaker classifier) are operator
-  # diagnostics in ${expdir}/audit/, kept apart from the released claims. Members: sensitive; non-members: test
-  # (dev validates the baselines and teachers, so it is not unseen). A violated bound stops here (exit 3).
+  # diagnostics in ${expdir}/audit/, kept apart from the released claims. Members: speakers of sensitive
+  # (--audit_speakers); non-members: test (dev validates the baselines and teachers, so it is not unseen). A
+  # violated bound stops here (exit 3).
   audit_dir=${expdir}/audit
   log "Stage 8: privacy audits of the released models under ${expdir} into ${audit_dir}"
   need "${expdir}/public_only/privacy.json" 3
@@ -438,11 +442,18 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     [ -f "$marker" ] && [ -n "$(find "$expdir" -mindepth 2 -maxdepth 2 \( -name valid.loss.ave.pth -o -name privacy.json \) \
       -newer "$marker" -print -quit)" ] && { log "models changed since ${marker}: rerunning"; rm -f "$marker"; }
   done
+  members=${datadir}/sensitive
+  if [ "$audit_speakers" -gt 0 ]; then
+    # a public choice (speaker ids in sorted order), made before any model is scored
+    members=${datadir}/sensitive_spk${audit_speakers}
+    run_step "${members}/.done" ${python} -m espnet_pate.bin.subset_data_dir --speakers "${datadir}/sensitive" \
+      "$audit_speakers" "$members"
+  fi
   run_step "${audit_dir}/membership/.done" ${python} -m espnet_pate.bin.audit_membership --exp-root "$expdir" \
-    --members "${datadir}/sensitive" --nonmembers "${datadir}/test" --shadow-models "$shadow_dir" \
+    --members "$members" --nonmembers "${datadir}/test" --shadow-models "$shadow_dir" \
     --out "${audit_dir}/membership"
   run_step "${audit_dir}/inversion/.done" ${python} -m espnet_pate.bin.audit_inversion --exp-root "$expdir" \
-    --members "${datadir}/sensitive" --out "${audit_dir}/inversion" --config "${conf_dir}/audit_inversion${sfx}.yaml"
+    --members "$members" --out "${audit_dir}/inversion" --config "${conf_dir}/audit_inversion${sfx}.yaml"
   [ -n "$results" ] || { $debug && results=${expdir}/RESULTS.md || results=RESULTS.md; }
   ${python} -m espnet_pate.bin.audit_report --audit-dir "$audit_dir" --results "$results"
 fi

@@ -34,3 +34,13 @@ def test_subset_rejects_zero(tmp_path):
     make_dir(tmp_path / "dev", 4)
     with pytest.raises(ValueError, match="positive"):
         subset_data_dir(tmp_path / "dev", 0, tmp_path / "out")
+
+
+def test_speakers_keep_every_utterance_of_the_chosen_speakers(tmp_path):
+    ids = make_dir(tmp_path / "sensitive", 30)
+    assert subset_data_dir(tmp_path / "sensitive", 2, tmp_path / "spk2", speakers=True) == 20
+    sub = read_kaldi_dir(tmp_path / "spk2")
+    chosen = set(sub.utt2spk.values())
+    assert chosen == {"spk0", "spk1"} and set(sub.wav_scp) == {u for u in ids if u.split("-")[0] in chosen}
+    with pytest.raises(ValueError, match="speakers must be positive"):
+        subset_data_dir(tmp_path / "sensitive", 0, tmp_path / "out", speakers=True)
