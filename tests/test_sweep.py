@@ -12,7 +12,7 @@ from espnet_pate.bin import make_student_data  # noqa: E402
 from espnet_pate.data.kaldi_dir import read_table  # noqa: E402
 from espnet_pate.ensemble import own_transcripts, utterance_vote  # noqa: E402
 from espnet_pate.ensemble.pate_labeling import ConfigError, Stage4Inputs, run_stage4  # noqa: E402
-from espnet_pate.ensemble.pate_plan import expand_runs, load_config, release_names  # noqa: E402
+from espnet_pate.ensemble.pate_plan import expand_runs, load_config, release_names, resolve_entry  # noqa: E402
 from espnet_pate.ensemble.toy import write_toy_setup  # noqa: E402
 from espnet_pate.privacy.ledger import PrivacyLedger  # noqa: E402
 from espnet_pate.report.privacy_json import read_privacy_info  # noqa: E402
@@ -138,3 +138,44 @@ def test_audits_attack_one_repeat_of_each_setting(tmp_path):
         if claim:
             write_privacy_info(tmp_path / name, **claim)
     assert [d.name for d in audited_systems(tmp_path)] == ["dpsgd_eps8", "public_only"]
+
+
+def test_the_sweeps_plurality_releases_fit_one_ledgers_delta():
+    """Each thresholded plurality adds Q beta = share x delta outside RDP: the default run's releases and the sweep's
+    (every budget, two public sets, three repeats) must leave part of the ledger's delta for the conversion."""
+    from espnet_pate.privacy.plurality import plurality_cost
+
+    def extra(path, copies):
+        conf = load_config(ROOT / path)
+        total = 0.0
+        for name, entry in conf["runs"].items():
+            if entry["mechanism"] == "plurality":
+                s = resolve_entry(name, {**entry, "queries": 41}, conf["defaults"], 40)
+                total += copies * plurality_cost(s.noise["sigma"], s.noise["threshold"], 41, s.delta).delta_extra
+        return total
+
+    assert extra("conf/pate.yaml", 1) + extra("conf/pate_sweep.yaml", 2 * 3) < 0.75 * 1e-5
+
+
+def test_a_used_name_with_new_settings_and_a_cost_that_cannot_fit_are_refused_before_decoding(toy, tmp_path,
+                                                                                              monkeypatch):
+    from espnet_pate.ensemble import pate_labeling
+    from espnet_pate.privacy.ledger import BudgetExceededError
+
+    entry = {"mechanism": "plurality", "target_eps": 1000.0, "queries": 3, "select": "shortest"}
+    inputs = Stage4Inputs(teacher_dirs=list(toy["teacher_dirs"]), data_dir=Path(toy["data"]), out_dir=tmp_path / "pate",
+                          unit="speaker", public_model=toy["public"], command="pytest")
+    ledger = PrivacyLedger(str(tmp_path / "ledger.jsonl"), eps_budget=1e6, delta=1e-5)
+    first = run_stage4({"runs": {"p": entry}}, inputs, ledger)[0]
+    text = (tmp_path / "pate/p/text").read_bytes()
+    drawn = []
+    real_draw = pate_labeling._draw
+    monkeypatch.setattr(pate_labeling, "_draw", lambda *a: drawn.append(a) or real_draw(*a))
+    with pytest.raises(RuntimeError, match="other settings"):
+        run_stage4({"runs": {"p": {**entry, "queries": 4}}}, inputs, ledger)
+    assert (tmp_path / "pate/p/text").read_bytes() == text and not drawn
+    # a plurality whose fixed cost would take the additive deltas to the ledger's delta: refused, nothing drawn
+    greedy = {**entry, "threshold_delta_share": 0.95}
+    with pytest.raises(BudgetExceededError, match="refused before decoding"):
+        run_stage4({"runs": {"q": greedy}}, inputs, ledger)
+    assert not drawn and len(ledger.releases) == 1 and ledger.releases[0].release_id == first["release_id"]

@@ -333,6 +333,14 @@ def _report(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, meta: dict, re
     }
 
 
+def _planned_cost(s: RunSettings) -> Optional[tuple]:
+    """(rdp, eps_extra, delta_extra) of a release whose settings fix its cost: the plurality's fixed queries."""
+    if s.mechanism != "plurality":
+        return None
+    cost = plurality_cost(s.noise["sigma"], s.noise["threshold"], s.queries, s.delta)
+    return cost.rdp.tolist(), cost.eps_extra, cost.delta_extra
+
+
 def label_entry(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, seed: Optional[int] = None) -> dict:
     """One release (see pate_release for the protocol); returns its report."""
     params = s.release_params()
@@ -340,7 +348,7 @@ def label_entry(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, seed: Opti
     return release_entry(s, Path(ctx.inputs.out_dir) / s.name, ledger, _release_inputs(ctx, s), params,
                          draw=lambda: _draw(ctx, s, seed),
                          finish=lambda meta, rid, status: _report(ctx, s, ledger, meta, rid, status),
-                         annotate={"public_data": ctx.public_data})
+                         annotate={"public_data": ctx.public_data}, planned=_planned_cost(s))
 
 
 def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, beam_size: int = 8,

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Optional
 from espnet_pate.ensemble.pate_plan import RunSettings
 from espnet_pate.ensemble.pate_report import report_markdown, write_student_privacy_info
 from espnet_pate.privacy.digests import bytes_sha256, file_sha256, make_release_id
-from espnet_pate.privacy.ledger import PrivacyLedger
+from espnet_pate.privacy.ledger import BudgetExceededError, PrivacyLedger
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,13 @@ def load_pending(pending: Path) -> Optional[dict]:
 
 def release_entry(s: RunSettings, out: Path, ledger: PrivacyLedger, release_inputs: dict, params: dict,
                   draw: Callable[[], dict], finish: Callable[[dict, str, str], dict],
-                  annotate: Optional[dict] = None) -> dict:
+                  annotate: Optional[dict] = None, planned: Optional[tuple] = None) -> dict:
     """One release of entry ``s`` into ``out`` (see the module docstring). ``draw()`` decodes with noise and
     returns the bundle; ``finish(meta, release_id, status)`` writes the reports and returns the report.
     ``annotate``: fields of the report that describe the release without changing it (the public set labelled),
-    also added to the report of a release made before they existed."""
+    also added to the report of a release made before they existed. ``planned``: the release's cost
+    ``(rdp, eps_extra, delta_extra)`` when its settings fix it (the plurality's fixed queries): a release that cannot
+    fit the ledger is refused before the teachers' votes are looked at."""
     out.mkdir(parents=True, exist_ok=True)
     pending = out / PENDING
     what = f"pate_labels/{s.name}"
@@ -101,6 +103,14 @@ def release_entry(s: RunSettings, out: Path, ledger: PrivacyLedger, release_inpu
                 f"settings that drew it (it is then recorded and paid for), or delete {pending} yourself, knowing "
                 "that anyone who saw it has seen an unaccounted release.")
         if meta is None:
+            _check_name_is_free(out, release_id)
+            if planned is not None:
+                fits, total = ledger.check_fits(*planned)
+                if not fits:
+                    raise BudgetExceededError(
+                        f"{s.name}: its cost, fixed by its settings, does not fit {ledger.path} (budget eps="
+                        f"{ledger.eps_budget:g} at delta={ledger.delta:g}; with it the total would be eps={total:.4g} "
+                        f"or its additive deltas would reach delta): refused before decoding, nothing was drawn")
             shutil.rmtree(pending, ignore_errors=True)  # an incomplete draw: nothing of it was readable
             meta = save_pending(pending, draw(), release_id)
         else:
@@ -112,6 +122,16 @@ def release_entry(s: RunSettings, out: Path, ledger: PrivacyLedger, release_inpu
                                "delta": s.delta, "answered_queries": meta["answered_queries"],
                                "labelled_utterances": meta["labelled_utterances"], "seed_fixed": meta["seed_fixed"]})
         return finalise(out, meta, release_id, "new", finish)
+
+
+def _check_name_is_free(out: Path, release_id: str) -> None:
+    """A run's name names one release: new settings under a used name would replace a recorded release's labels."""
+    if (out / REPORT_JSON).exists():
+        old = json.loads((out / REPORT_JSON).read_text()).get("release_id")
+        if old != release_id:
+            raise RuntimeError(
+                f"{out} holds release {old}, made with other settings than this run's (release {release_id}); its "
+                "labels stay as they are. Give the run with the new settings a name of its own.")
 
 
 def finalise(out: Path, meta: dict, release_id: str, status: str, finish) -> dict:
