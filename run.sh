@@ -23,8 +23,9 @@
 # under exp/. Options:
 #   --stage N --stop-stage N   stages to run (default 1 and 9)
 #   --debug true|false         use conf/*_debug.yaml (default false)
-#   --nj N                     parallel jobs: teachers, students, baselines, decodings at once (default 2); where
-#                              training jobs run: cmd.sh's cmd_backend (local, or slurm: conf/slurm.conf)
+#   --nj N                     parallel jobs: teachers, students, baselines, decodings at once, or the threads of a
+#                              step that runs alone (default 2); where training jobs run: cmd.sh's cmd_backend
+#                              (local, or slurm: conf/slurm.conf)
 #   --ngpu N                   GPUs per training job (default 0)
 #   --num_teachers K           teachers (default 40; debug 4)
 #   --teacher_trainable P      full | top | head: the part of the pretrained model a teacher trains (default head)
@@ -54,7 +55,7 @@
 #                              by its own statistics: recordings from different microphones) (default global_mvn)
 #   --score_teachers N         stage 7 decodes the first N teachers of each teacher set (default 5)
 #   --audit_speakers N         stage 8's members: N evenly spaced speakers of sensitive with all their utterances
-#                              (default 100; 0: all of sensitive): every audited and shadow model scores each member
+#                              (default 50; 0: all of sensitive): every audited and shadow model scores each member
 #   --student_text FILE        transcripts for the student instead of stage 4's output (testing only)
 #   --results FILE             the results table (default RESULTS.md; with --debug, <expdir>/RESULTS.md)
 #   --datadir --dumpdir --expdir   output folders (default data dump exp; with --debug true data_debug dump_debug
@@ -87,7 +88,7 @@ token_type=char
 nbpe=100
 feats_normalize=global_mvn
 score_teachers=5
-audit_speakers=100
+audit_speakers=50
 student_text=""
 results=""
 conf_dir=conf
@@ -123,6 +124,9 @@ label_sources=${label_sources:-public_unlabeled}
 repeats=${repeats:-1}
 [[ $repeats =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --repeats takes a positive integer, not '${repeats}'" >&2; exit 2; }
 python=python
+# A step that runs alone (the public model, the teacher heads, the labelling, the audits) gets the --nj cores as
+# threads; parallel jobs get one each (path.sh). Two threads train 1.37x faster on 2 cores (README, "Time here").
+solo=(env "OMP_NUM_THREADS=${nj}")
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
 last_stage=9
 if ! [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || ((stage < 1 || stop_stage > last_stage || stage > stop_stage)); then
@@ -192,7 +196,7 @@ train_asr() {
   local outdir=$1 config=$2 train=$3; shift 3
   [ -f "${outdir}/.done" ] && { log "skip (done: ${outdir}/.done)"; return 0; }
   log "train ${outdir}: local/train_asr.sh --outdir $outdir --config $config --train $train $train_opts $*"
-  ${train_cmd} --gpu "$ngpu" "${outdir}/train.log" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" $train_opts "$@"
+  ${train_cmd} --gpu "$ngpu" "${outdir}/train.log" "${solo[@]}" local/train_asr.sh --outdir "$outdir" --config "$config" --train "$train" $train_opts "$@"
 }
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -254,7 +258,7 @@ train_teachers() {
     # Every head in one process over the public encoder's cached outputs; resumes by epoch, skips when done.
     log "teachers (${num_teachers} heads together): ${out}/teacher_{0..$((num_teachers - 1))}" \
       "(progress: tail -f ${out}/log/train_teacher_heads.log)"
-    ${train_cmd} "${out}/log/train_teacher_heads.log" ${python} -m espnet_pate.bin.train_teacher_heads \
+    ${train_cmd} "${out}/log/train_teacher_heads.log" "${solo[@]}" ${python} -m espnet_pate.bin.train_teacher_heads \
       --public "${expdir}/public_only" --shards "$shards" --num-teachers "$num_teachers" --valid "$teacher_valid" \
       --out "$out" --config "${conf_dir}/train_teacher_heads${sfx}.yaml"
   else
@@ -309,13 +313,13 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     need "${datadir}/${source}/wav.scp" 1
     suffix=$(source_suffix "$source")
     # Every release is recorded in ${ledger} before its text is written: a rerun spends nothing.
-    cmd=(${python} -m espnet_pate.bin.pate_label --config "$pate_config" --teachers "$teachers_dir"
+    cmd=("${solo[@]}" ${python} -m espnet_pate.bin.pate_label --config "$pate_config" --teachers "$teachers_dir"
          --data "${datadir}/${source}" --out "$pate_dir" --public-model "${expdir}/public_only"
          --partition-manifest "${shards_dir}/manifest.json" --ledger "$ledger" --ledger-config "$privacy_config"
          --name-suffix "$suffix" --repeats "$repeats")
     if $shadow_teachers; then
       # The shadow teachers' noise-free agreement on utterances of this public set: public, it plans `queries: auto`.
-      run_step "${pate_dir}/.shadow_survey${suffix}.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
+      run_step "${pate_dir}/.shadow_survey${suffix}.done" "${solo[@]}" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
         --shadow --teachers "$shadow_dir" --data "${datadir}/${source}" --out "$pate_dir" --name-suffix "$suffix" \
         --public-model "${expdir}/public_only" --unit "$partition_unit" --withheld-words "${datadir}/withheld_words.txt"
       cmd+=(--plan-survey "${pate_dir}/agreement_survey${suffix}.json")
@@ -325,7 +329,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   done
   # Operator diagnostics, after the releases and never read by them: how the real teachers agree, split by
   # whether the utterance holds a withheld word (${pate_dir}/operator_diagnostics/agreement_survey.json).
-  run_step "${pate_dir}/.operator_survey.done" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
+  run_step "${pate_dir}/.operator_survey.done" "${solo[@]}" ${python} -m espnet_pate.bin.pate_label --survey "$survey_utts" \
     --teachers "$teachers_dir" --data "${datadir}/public_unlabeled" --out "$pate_dir" \
     --public-model "${expdir}/public_only" --unit "$partition_unit" --withheld-words "${datadir}/withheld_words.txt"
 fi
@@ -449,10 +453,10 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
     run_step "${members}/.done" ${python} -m espnet_pate.bin.subset_data_dir --speakers "${datadir}/sensitive" \
       "$audit_speakers" "$members"
   fi
-  run_step "${audit_dir}/membership/.done" ${python} -m espnet_pate.bin.audit_membership --exp-root "$expdir" \
+  run_step "${audit_dir}/membership/.done" "${solo[@]}" ${python} -m espnet_pate.bin.audit_membership --exp-root "$expdir" \
     --members "$members" --nonmembers "${datadir}/test" --shadow-models "$shadow_dir" \
     --out "${audit_dir}/membership"
-  run_step "${audit_dir}/inversion/.done" ${python} -m espnet_pate.bin.audit_inversion --exp-root "$expdir" \
+  run_step "${audit_dir}/inversion/.done" "${solo[@]}" ${python} -m espnet_pate.bin.audit_inversion --exp-root "$expdir" \
     --members "$members" --out "${audit_dir}/inversion" --config "${conf_dir}/audit_inversion${sfx}.yaml"
   [ -n "$results" ] || { $debug && results=${expdir}/RESULTS.md || results=RESULTS.md; }
   ${python} -m espnet_pate.bin.audit_report --audit-dir "$audit_dir" --results "$results"

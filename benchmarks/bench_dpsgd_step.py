@@ -103,6 +103,8 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--method", default="vmap", choices=["vmap", "loop"])
+    p.add_argument("--utts_per_unit", type=int, default=1,
+                   help="privacy unit of this many consecutive utterances (a speaker); 1: utterance unit")
     p.add_argument("--json", type=Path, default=None)
     return p
 
@@ -134,10 +136,11 @@ def main(argv=None):
             (("normal", stock), ("normal_fixed", fixed), ("dpsgd", dp))}
     batch = make_batch(a.batch, a.vocab)
     utts = [f"u{i}" for i in range(a.batch)]
-    plan = {"unit": "utterance", "sampling": "poisson", "sample_rate": 0.01, "expected_batch_units": float(a.batch),
+    utt2unit = {u: f"s{i // a.utts_per_unit}" for i, u in enumerate(utts)}
+    plan = {"unit": "speaker" if a.utts_per_unit > 1 else "utterance", "sampling": "poisson", "sample_rate": 0.01, "expected_batch_units": float(a.batch),
             "clip_norm": a.clip, "noise_multiplier": a.sigma, "delta": 1e-5, "accountant": "rdp", "seed": None,
             "per_example_method": a.method, "max_physical_batch_size": max(32, a.batch)}
-    rt = DpSgdRuntime(plan)
+    rt = DpSgdRuntime(plan, utt2unit)
     rt.begin_epoch(dp, 1)
     t = Timer()
 
