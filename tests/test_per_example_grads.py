@@ -271,7 +271,7 @@ def test_speaker_units_clip_sum_of_speaker_grads(fixed_model, batch, alone, meth
 def test_empty_batch_gives_zero_sum(fixed_model):
     eng = PerExampleGradients(fixed_model)
     total, stats = eng.clipped_grad_sum(torch.zeros(0, 100), torch.zeros(0, dtype=torch.long),
-                                        torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, dtype=torch.long), 1.0)
+                                        torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, dtype=torch.long), clip_norm=1.0)
     assert stats.num_units == 0 and all(float(v.abs().sum()) == 0 for v in total.values())
 
 

@@ -11,19 +11,19 @@ out. Two methods, both exact:
   masks every padded frame and label: the padding changes nothing but rounding, tests/test_dpsgd_head.py);
 * ``loop``: one autograd pass per example on that example alone (no padding at all).
 
-Clipping, the non-finite rule, the noise and the statistics are ``per_example``'s (``clip_and_sum``, ``add_noise``,
-``unit_chunks``, ``ClipStats``): the same mechanism as the full-model engine, on fewer coordinates.
+Clipping, the non-finite rule, the noise and the statistics are ``per_example.UnitClippedGradients``': the same
+mechanism as the full-model engine, on fewer coordinates. A batch is one positional argument, the list of cached
+utterances.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from espnet_pate.asr.rnnt_loss import rnnt_loss_logspace
-from espnet_pate.dpsgd.per_example import (ClipStats, Grads, _zero_nonfinite, add_noise, clip_and_sum, set_grads,
-                                           unit_chunks, unit_index)
+from espnet_pate.dpsgd.per_example import Grads, UnitClippedGradients, unit_index
 from espnet_pate.dpsgd.per_example_loss import _decoder_forward
 from espnet_pate.ensemble.encoder_cache import CachedUtt
 
@@ -65,7 +65,7 @@ def pad_utts(utts: Sequence[CachedUtt]) -> Tuple[torch.Tensor, ...]:
             torch.tensor([u.labels.numel() for u in utts]))
 
 
-class HeadGradients:
+class HeadGradients(UnitClippedGradients):
     """Per-example/per-unit gradients of the model's trainable head parameters, clipping and the Gaussian noise
     (the interface of ``per_example.PerExampleGradients`` that ``DpSgdRuntime`` drives, over cached utterances)."""
 
@@ -80,9 +80,6 @@ class HeadGradients:
         self.model = model
         self.method = method
         self.loss = HeadLoss(model)
-
-    def trainable(self) -> Dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def example_grads(self, utts: Sequence[CachedUtt]) -> Tuple[Grads, torch.Tensor]:
         """{name: (B, *shape)} gradients of each example's loss, and the losses (B,)."""
@@ -104,43 +101,17 @@ class HeadGradients:
         grads, losses = fn(params, *pad_utts(utts))
         return grads, losses.detach()
 
-    def clipped_grad_sum(self, utts: Sequence[CachedUtt], clip_norm: float, group_ids: Optional[Sequence] = None,
-                         max_rows: Optional[int] = None) -> Tuple[Grads, ClipStats]:
-        """Sum over units of the clipped unit gradients (a unit never split across chunks; empty batch: zeros)."""
-        total = {n: torch.zeros_like(p) for n, p in self.trainable().items()}
-        if not utts:
-            return total, ClipStats(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0)
-        gids = list(range(len(utts))) if group_ids is None else list(group_ids)
-        norms: List[torch.Tensor] = []
-        factors: List[torch.Tensor] = []
-        losses, nonfinite = torch.zeros(len(utts)), 0
-        for rows in unit_chunks(gids, max_rows or len(utts), [u.enc.shape[0] for u in utts]):
-            per, loss = self.example_grads([utts[i] for i in rows])
-            idx, n_units = unit_index([gids[i] for i in rows], len(rows))
-            if n_units != len(rows):
-                per = {n: g.new_zeros((n_units,) + g.shape[1:]).index_add_(0, idx, g) for n, g in per.items()}
-            per, bad = _zero_nonfinite(per)
-            s, nrm, fac = clip_and_sum(per, clip_norm)
-            for n in total:
-                total[n] += s[n]
-            norms.append(nrm)
-            factors.append(fac)
-            losses[rows] = loss.float()
-            nonfinite += bad
-        norms_all = torch.cat(norms)
-        return total, ClipStats(losses, norms_all, torch.cat(factors), int(norms_all.numel()), nonfinite)
+    def _rows(self, batch: tuple) -> Tuple[int, List[int]]:
+        (utts,) = batch
+        return len(utts), [u.enc.shape[0] for u in utts]
 
-    def noisy_grad(self, utts: Sequence[CachedUtt], clip_norm: float, noise_multiplier: float,
-                   expected_batch_size: float, group_ids: Optional[Sequence] = None, max_rows: Optional[int] = None,
-                   generator: Optional[torch.Generator] = None) -> Tuple[Grads, ClipStats]:
-        total, stats = self.clipped_grad_sum(utts, clip_norm, group_ids, max_rows)
-        return add_noise(total, clip_norm, noise_multiplier, expected_batch_size, generator), stats
-
-    def dp_step_grads(self, *args, **kwargs) -> ClipStats:
-        """``noisy_grad`` written into ``param.grad`` (None for frozen parameters), ready for optimizer.step."""
-        g, stats = self.noisy_grad(*args, **kwargs)
-        set_grads(self.model, g)
-        return stats
+    def _chunk_unit_grads(self, batch: tuple, rows: List[int], unit_ids: List) -> Tuple[Grads, torch.Tensor]:
+        (utts,) = batch
+        per, loss = self.example_grads([utts[i] for i in rows])
+        idx, n_units = unit_index(unit_ids, len(rows))
+        if n_units != len(rows):
+            per = {n: g.new_zeros((n_units,) + g.shape[1:]).index_add_(0, idx, g) for n, g in per.items()}
+        return per, loss
 
     @torch.no_grad()
     def mean_loss(self, utts: Sequence[CachedUtt], chunk: int = 32) -> float:

@@ -193,8 +193,68 @@ class ClipStats:
         }
 
 
-# ------------------------------------------------------------------------------------------ engine
-class PerExampleGradients:
+# ------------------------------------------------------------------------------------------ engines
+class UnitClippedGradients:
+    """The mechanism both engines share: per chunk of a batch (a unit never split), the units' gradients, their
+    non-finite rule and clipping, summed; then the Gaussian noise, and the result written into ``p.grad``.
+
+    A subclass says how many examples a batch holds and how long each is (``_rows``), and computes one chunk's
+    unit gradients (``_chunk_unit_grads``). A batch is the engine's own positional arguments; the DP settings are
+    keywords.
+    """
+
+    model: torch.nn.Module
+
+    def trainable(self) -> Dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _rows(self, batch: tuple) -> Tuple[int, Sequence[int]]:
+        """Number of examples in ``batch`` and their lengths (chunks group units of similar length)."""
+        raise NotImplementedError
+
+    def _chunk_unit_grads(self, batch: tuple, rows: List[int], unit_ids: List) -> Tuple[Grads, torch.Tensor]:
+        """Unclipped gradient of each unit among examples ``rows`` ({name: (U, ...)}, units in order of first
+        appearance in ``unit_ids``) and those examples' losses (len(rows),)."""
+        raise NotImplementedError
+
+    def clipped_grad_sum(self, *batch, clip_norm: float, group_ids: Optional[Sequence] = None,
+                         max_rows: Optional[int] = None) -> Tuple[Grads, ClipStats]:
+        """Sum over units of the clipped per-unit gradient (no noise), computed in passes of at most ``max_rows``
+        examples (memory; a unit is never split; None: one pass). Handles an empty batch (zeros)."""
+        total = {n: torch.zeros_like(p) for n, p in self.trainable().items()}
+        B, lengths = self._rows(batch)
+        if B == 0:
+            return total, ClipStats(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0)
+        gids = list(range(B)) if group_ids is None else list(group_ids)
+        norms, factors, losses, nonfinite = [], [], torch.zeros(B), 0
+        for rows in unit_chunks(gids, max_rows or B, lengths):
+            per, l = self._chunk_unit_grads(batch, rows, [gids[i] for i in rows])
+            per, bad = _zero_nonfinite(per)
+            s, nrm, fac = clip_and_sum(per, clip_norm)
+            for n in total:
+                total[n] += s[n]
+            norms.append(nrm.cpu())
+            factors.append(fac.cpu())
+            losses[rows] = l.detach().float().cpu()
+            nonfinite += bad
+        norms_all = torch.cat(norms)
+        return total, ClipStats(losses, norms_all, torch.cat(factors), int(norms_all.numel()), nonfinite)
+
+    def noisy_grad(self, *batch, clip_norm: float, noise_multiplier: float, expected_batch_size: float,
+                   group_ids: Optional[Sequence] = None, max_rows: Optional[int] = None,
+                   generator: Optional[torch.Generator] = None) -> Tuple[Grads, ClipStats]:
+        """(sum of clipped unit gradients + N(0, (sigma C)^2)) / expected_batch_size, with its stats."""
+        total, stats = self.clipped_grad_sum(*batch, clip_norm=clip_norm, group_ids=group_ids, max_rows=max_rows)
+        return add_noise(total, clip_norm, noise_multiplier, expected_batch_size, generator), stats
+
+    def dp_step_grads(self, *batch, **dp) -> ClipStats:
+        """``noisy_grad`` written into ``param.grad`` (None for frozen parameters), ready for optimizer.step."""
+        g, stats = self.noisy_grad(*batch, **dp)
+        set_grads(self.model, g)
+        return stats
+
+
+class PerExampleGradients(UnitClippedGradients):
     """Per-example / per-unit gradients of an ESPnet transducer model, clipping, and the Gaussian mechanism.
 
     Args:
@@ -232,9 +292,6 @@ class PerExampleGradients:
         for mod in self.model.modules():
             if torch.is_tensor(getattr(mod, "attn", None)):
                 mod.attn = None
-
-    def trainable(self) -> Dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------------------ vmap method
     def _vmap_example_grads(self, speech, speech_lengths, text, text_lengths) -> Tuple[Grads, torch.Tensor]:
@@ -318,60 +375,13 @@ class PerExampleGradients:
             losses[rows] = float(l) / len(rows)
         return {n: torch.stack([g[n] for g in units]) for n in units[0]}, losses
 
-    def clipped_grad_sum(
-        self,
-        speech: torch.Tensor,
-        speech_lengths: torch.Tensor,
-        text: torch.Tensor,
-        text_lengths: torch.Tensor,
-        clip_norm: float,
-        group_ids: Optional[Sequence] = None,
-        max_rows: Optional[int] = None,
-    ) -> Tuple[Grads, ClipStats]:
-        """Sum over units of the clipped per-unit gradient (no noise), computed in passes of at most ``max_rows``
-        examples (memory; a unit is never split; None: one pass). Handles an empty batch (zeros)."""
-        total = {n: torch.zeros_like(p) for n, p in self.trainable().items()}
-        B = 0 if speech is None else int(speech.size(0))
-        if B == 0:
-            return total, ClipStats(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0)
-        gids = list(range(B)) if group_ids is None else list(group_ids)
-        norms, factors, losses, nonfinite = [], [], torch.zeros(B), 0
-        for rows in unit_chunks(gids, max_rows or B, speech_lengths.tolist()):
-            idx = torch.tensor(rows, dtype=torch.long, device=speech.device)
-            sl, tl = speech_lengths[idx], text_lengths[idx]
-            per, l = self.unit_grads(speech[idx][:, : int(sl.max())], sl, text[idx][:, : max(int(tl.max()), 1)], tl,
-                                     [gids[i] for i in rows])
-            per, bad = _zero_nonfinite(per)
-            s, nrm, fac = clip_and_sum(per, clip_norm)
-            for n in total:
-                total[n] += s[n]
-            norms.append(nrm.cpu())
-            factors.append(fac.cpu())
-            losses[rows] = l.detach().float().cpu()
-            nonfinite += bad
-        norms_all = torch.cat(norms)
-        return total, ClipStats(losses, norms_all, torch.cat(factors), int(norms_all.numel()), nonfinite)
+    def _rows(self, batch: tuple) -> Tuple[int, Sequence[int]]:
+        speech, speech_lengths = batch[0], batch[1]
+        return (0, []) if speech is None else (int(speech.size(0)), speech_lengths.tolist())
 
-    def noisy_grad(
-        self,
-        speech: torch.Tensor,
-        speech_lengths: torch.Tensor,
-        text: torch.Tensor,
-        text_lengths: torch.Tensor,
-        clip_norm: float,
-        noise_multiplier: float,
-        expected_batch_size: float,
-        group_ids: Optional[Sequence] = None,
-        max_rows: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> Tuple[Grads, ClipStats]:
-        """(sum of clipped unit gradients + N(0, (sigma C)^2)) / expected_batch_size, with its stats."""
-        total, stats = self.clipped_grad_sum(speech, speech_lengths, text, text_lengths, clip_norm, group_ids,
-                                             max_rows)
-        return add_noise(total, clip_norm, noise_multiplier, expected_batch_size, generator), stats
-
-    def dp_step_grads(self, *args, **kwargs) -> ClipStats:
-        """``noisy_grad`` written into ``param.grad`` (None for frozen parameters), ready for optimizer.step."""
-        g, stats = self.noisy_grad(*args, **kwargs)
-        set_grads(self.model, g)
-        return stats
+    def _chunk_unit_grads(self, batch: tuple, rows: List[int], unit_ids: List) -> Tuple[Grads, torch.Tensor]:
+        speech, speech_lengths, text, text_lengths = batch
+        idx = torch.tensor(rows, dtype=torch.long, device=speech.device)
+        sl, tl = speech_lengths[idx], text_lengths[idx]
+        return self.unit_grads(speech[idx][:, : int(sl.max())], sl, text[idx][:, : max(int(tl.max()), 1)], tl,
+                               unit_ids)
