@@ -11,7 +11,8 @@ pytest.importorskip("espnet2")
 
 from espnet_pate.bin import pate_label  # noqa: E402
 from espnet_pate.data.kaldi_dir import read_table  # noqa: E402
-from espnet_pate.ensemble import pate_labeling, pate_release  # noqa: E402
+from espnet_pate.ensemble import label_context, pate_labeling, pate_release  # noqa: E402
+from espnet_pate.ensemble.label_context import LabelContext  # noqa: E402
 from espnet_pate.ensemble.pate_labeling import (  # noqa: E402
     PENDING,
     ConfigError,
@@ -133,7 +134,7 @@ def test_plurality_releases_the_teachers_own_words(toy, tmp_path):
     labels = read_table(tmp_path / "p" / "plurality" / "text") if r["utterances"]["written"] else {}
     assert len(labels) >= 4  # T ~ 1.9 at this budget: 3 agreeing teachers clear it almost surely
     ens = TeacherEnsemble.from_dirs(teachers)
-    ctx = pate_labeling._Context(inputs(toy, tmp_path / "p", teachers=teachers), ens)
+    ctx = LabelContext(inputs(toy, tmp_path / "p", teachers=teachers), ens)
     for u, text in labels.items():
         (hyp,) = greedy_each(ens, ctx.encode([u]))
         assert text == ctx.detokenize(hyp[0])
@@ -229,6 +230,7 @@ def test_labeller_reads_the_withheld_transcripts_only_to_score(toy, tmp_path, mo
             phase[0] = "scoring"
 
     monkeypatch.setattr(pate_labeling, "read_table", spy_read)
+    monkeypatch.setattr(label_context, "read_table", spy_read)
     monkeypatch.setattr(pate_labeling, "_draw", spy_draw)
     run_stage4(conf({"plurality": RUNS["plurality"]}), inputs(toy, tmp_path / "pate"), ledger(tmp_path / "l.jsonl"))
     assert ("scoring", "text") in reads

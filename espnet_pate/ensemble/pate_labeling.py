@@ -19,13 +19,13 @@ the labels are final, to score them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from espnet_pate.data.kaldi_dir import read_table
+from espnet_pate.ensemble.label_context import LabelContext, Stage4Inputs  # noqa: F401 -- Stage4Inputs re-exported
 from espnet_pate.ensemble.pate_plan import (  # noqa: F401 -- the stage's public names, re-exported
     LEVELS, MECHANISMS, ConfigError, RunSettings, expand_runs, load_config, make_aggregator, query_order,
     release_names, resolve_entry,
@@ -67,131 +67,7 @@ def run_cost(s: RunSettings, votes: np.ndarray, answered: np.ndarray, orders=Non
 
 
 # ------------------------------------------------------------------------------------------------ driver
-@dataclass
-class Stage4Inputs:
-    teacher_dirs: List[Path]
-    data_dir: Path
-    out_dir: Path
-    unit: str
-    public_model: Optional[Path] = None
-    device: str = "cpu"
-    command: str = ""
-
-
-class _Context:
-    """What the entries of one invocation share: the ensemble, the public n-best, encoder outputs (caches)."""
-
-    def __init__(self, inputs: Stage4Inputs, ensemble=None, public_speech2text=None):
-        import soundfile
-
-        from espnet_pate.ensemble.teachers import TeacherEnsemble
-
-        self.inputs = inputs
-        self.public_data = Path(inputs.data_dir).name  # the public set labelled: the students' audio
-        self.ens = ensemble if ensemble is not None else TeacherEnsemble.from_dirs(inputs.teacher_dirs, inputs.device)
-        self.wav_scp = read_table(Path(inputs.data_dir) / "wav.scp")
-        self.wav_scp_sha256 = file_sha256(Path(inputs.data_dir) / "wav.scp")
-        self._soundfile = soundfile
-        self._public = public_speech2text
-        self._public_conf = None
-        self._enc: Dict[str, Any] = {}
-        self._enc_bytes, self.max_cache_bytes = 0, 512 * 2**20  # encoder outputs kept for the next runs
-        self._cands: Dict[tuple, List[List[int]]] = {}
-        # The teachers' noise-free outputs per utterance: every run (another budget, mechanism or repeat) adds only
-        # its own noise to them, so a sweep decodes each public utterance once.
-        self._own: Dict[tuple, Optional[List[str]]] = {}
-        self._loglik: Dict[tuple, np.ndarray] = {}
-        self._detok = None
-
-    def durations(self) -> Dict[str, float]:
-        """Seconds of every public utterance, from the audio headers (public)."""
-        return {u: self._soundfile.info(p).duration for u, p in self.wav_scp.items()}
-
-    def load(self, utt: str) -> np.ndarray:
-        speech, _ = self._soundfile.read(self.wav_scp[utt], dtype="float32")
-        return speech
-
-    def encode(self, utts: Sequence[str]):
-        """Encoder outputs of a batch (cached: every run of one invocation shares them)."""
-        missing = [u for u in utts if u not in self._enc]
-        fresh = dict(zip(missing, self.ens.encode_batch([self.load(u) for u in missing]))) if missing else {}
-        out = [fresh[u] if u in fresh else self._enc[u] for u in utts]
-        size = sum(e.numel() * e.element_size() for e in fresh.values() if e is not None)
-        if self._enc_bytes + size > self.max_cache_bytes:
-            self._enc, self._enc_bytes = {}, 0
-        self._enc.update(fresh)
-        self._enc_bytes += size
-        return out
-
-    def public(self, nbest: int, beam_size: int):
-        from espnet_pate.ensemble.utterance_vote import load_public_nbest
-
-        if self._public is not None and self._public_conf is None:  # handed in by the caller: used as it is
-            return self._public
-        if self._public is None or self._public_conf != (nbest, beam_size):
-            if self.inputs.public_model is None:
-                raise ConfigError("utterance-level runs need --public-model (candidates come from it)")
-            self._public = load_public_nbest(self.inputs.public_model, nbest, beam_size, self.inputs.device)
-            self._public_conf = (nbest, beam_size)
-        return self._public
-
-    def candidates(self, nbest: int, beam_size: int) -> Callable[[str], List[List[int]]]:
-        from espnet_pate.ensemble.utterance_vote import public_candidates
-
-        def get(utt):
-            key = (utt, nbest, beam_size)
-            if key not in self._cands:
-                self._cands[key] = public_candidates(self.public(nbest, beam_size), self.load(utt), nbest)
-            return self._cands[key]
-
-        return get
-
-    def loglik(self, nbest: int, beam_size: int) -> Callable:
-        """The teachers' log-likelihoods of an utterance's candidates (``UtteranceVoter.decode``'s ``loglik``),
-        computed once per utterance and candidate set."""
-        from espnet_pate.ensemble.utterance_vote import candidate_log_likelihoods
-
-        def get(utt, enc, cands):
-            key = (utt, nbest, beam_size)
-            if key not in self._loglik:
-                self._loglik[key] = candidate_log_likelihoods(self.ens, enc, cands)
-            return self._loglik[key]
-
-        return get
-
-    def own_transcripts(self, utts: Sequence[str], max_symbols_per_frame: int = 5, batch_size: int = 8):
-        """(utterance, every teacher's own 1-best text, or None when too short), ``batch_size`` at a time."""
-        from espnet_pate.ensemble.own_transcripts import greedy_each
-
-        for start in range(0, len(utts), batch_size):
-            chunk = utts[start:start + batch_size]
-            todo = [u for u in chunk if (u, max_symbols_per_frame) not in self._own]
-            if todo:
-                encs = self.encode(todo)
-                ok = [i for i, e in enumerate(encs) if e is not None]
-                hyps = dict(zip(ok, greedy_each(self.ens, [encs[i] for i in ok], max_symbols_per_frame)))
-                for i, u in enumerate(todo):
-                    self._own[u, max_symbols_per_frame] = [self.detokenize(h) for h in hyps[i]] if i in hyps else None
-            for u in chunk:
-                yield u, self._own[u, max_symbols_per_frame]
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        if self._detok is None:
-            from espnet2.text.build_tokenizer import build_tokenizer
-            from espnet2.text.token_id_converter import TokenIDConverter
-
-            args = self.ens.train_args
-            token_type = getattr(args, "token_type", "bpe") if args is not None else "char"
-            bpemodel = getattr(args, "bpemodel", None) if args is not None else None
-            tokenizer = build_tokenizer(token_type=token_type, bpemodel=bpemodel) \
-                if (token_type != "bpe" or bpemodel) else None
-            self._detok = (TokenIDConverter(token_list=self.ens.token_list), tokenizer)
-        converter, tokenizer = self._detok
-        tokens = converter.ids2tokens([t for t in token_ids if t != self.ens.blank_id])
-        return (tokenizer.tokens2text(tokens) if tokenizer is not None else " ".join(tokens)).strip()
-
-
-def _release_inputs(ctx: _Context, s: RunSettings) -> dict:
+def _release_inputs(ctx: LabelContext, s: RunSettings) -> dict:
     from espnet_pate.ensemble.teachers import MODEL_FILE
 
     inputs = {"teachers": ctx.ens.checksums or [str(d) for d in ctx.inputs.teacher_dirs],
@@ -202,7 +78,7 @@ def _release_inputs(ctx: _Context, s: RunSettings) -> dict:
     return inputs
 
 
-def _noisy_max_result(ctx: _Context, s: RunSettings, aggregator, utts: List[str]):
+def _noisy_max_result(ctx: LabelContext, s: RunSettings, aggregator, utts: List[str]):
     from espnet_pate.ensemble.lockstep import LockstepDecoder
     from espnet_pate.ensemble.utterance_vote import UtteranceVoter
 
@@ -218,7 +94,7 @@ def _noisy_max_result(ctx: _Context, s: RunSettings, aggregator, utts: List[str]
                         loglik=ctx.loglik(s.nbest, s.beam_size)), budget
 
 
-def _draw_noisy_max(ctx: _Context, s: RunSettings, aggregator, utts: List[str]) -> dict:
+def _draw_noisy_max(ctx: LabelContext, s: RunSettings, aggregator, utts: List[str]) -> dict:
     from espnet_pate.ensemble.lockstep import LABELLED
 
     result, budget = _noisy_max_result(ctx, s, aggregator, utts)
@@ -255,7 +131,7 @@ def _draw_noisy_max(ctx: _Context, s: RunSettings, aggregator, utts: List[str]) 
             "agreement_histogram": agreement_histogram(votes, ctx.ens.num_teachers, s.vote == "hard")}
 
 
-def _draw_plurality(ctx: _Context, s: RunSettings, aggregator, utts: List[str]) -> dict:
+def _draw_plurality(ctx: LabelContext, s: RunSettings, aggregator, utts: List[str]) -> dict:
     from espnet_pate.ensemble.own_transcripts import agreement_counts
 
     labels, outcomes, tops = {}, {"labelled": 0, "refused": 0, "too_short": 0}, []
@@ -283,7 +159,7 @@ def _draw_plurality(ctx: _Context, s: RunSettings, aggregator, utts: List[str]) 
             "agreement_histogram": agreement_of_counts(np.asarray(tops), ctx.ens.num_teachers)}
 
 
-def _draw(ctx: _Context, s: RunSettings, seed: Optional[int]) -> dict:
+def _draw(ctx: LabelContext, s: RunSettings, seed: Optional[int]) -> dict:
     """Decode with noise; return the pending bundle (labels + everything the report needs but the WER)."""
     aggregator = make_aggregator(s, seed)
     durations = ctx.durations() if s.select == "shortest" else {u: 0.0 for u in ctx.wav_scp}
@@ -296,7 +172,7 @@ def _draw(ctx: _Context, s: RunSettings, seed: Optional[int]) -> dict:
     return bundle
 
 
-def _report(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, meta: dict, release_id: str, status: str) -> dict:
+def _report(ctx: LabelContext, s: RunSettings, ledger: PrivacyLedger, meta: dict, release_id: str, status: str) -> dict:
     from espnet_pate.report.scoring import score_wer
 
     out = Path(ctx.inputs.out_dir) / s.name
@@ -341,7 +217,7 @@ def _planned_cost(s: RunSettings) -> Optional[tuple]:
     return cost.rdp.tolist(), cost.eps_extra, cost.delta_extra
 
 
-def label_entry(ctx: _Context, s: RunSettings, ledger: PrivacyLedger, seed: Optional[int] = None) -> dict:
+def label_entry(ctx: LabelContext, s: RunSettings, ledger: PrivacyLedger, seed: Optional[int] = None) -> dict:
     """One release (see pate_release for the protocol); returns its report."""
     params = s.release_params()
     params["seed"] = s.seed if seed is None else seed
@@ -364,7 +240,7 @@ def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, 
     from espnet_pate.ensemble.own_transcripts import agreement_counts
     from espnet_pate.ensemble.utterance_vote import UtteranceVoter
 
-    ctx = _Context(inputs, ensemble)
+    ctx = LabelContext(inputs, ensemble)
     ids = sorted(ctx.wav_scp, key=lambda u: u.encode("utf-8"))
     utts = ids[:: max(1, len(ids) // max(num_utts, 1))][:num_utts]
     K = ctx.ens.num_teachers
@@ -412,7 +288,7 @@ def run_stage4(config, inputs: Stage4Inputs, ledger: PrivacyLedger, only: Option
     missing = [n for n in names if n not in conf["runs"]]
     if missing:
         raise ConfigError(f"no runs named {missing}; the configuration has {list(conf['runs'])}")
-    ctx = _Context(inputs, ensemble, public_speech2text)
+    ctx = LabelContext(inputs, ensemble, public_speech2text)
     Path(inputs.out_dir).mkdir(parents=True, exist_ok=True)
     settings = [resolve_entry(r, conf["runs"][n], conf.get("defaults") or {}, ctx.ens.num_teachers, plan_survey,
                               len(ctx.wav_scp)) for r, n in release_names(names, name_suffix, repeats).items()]
