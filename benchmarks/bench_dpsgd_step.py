@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dpsgd_step.py                       # conf/model.yaml model, batch 16
     python benchmarks/bench_dpsgd_step.py --rounds 7 --json out.json
+    python benchmarks/bench_dpsgd_step.py --batch 40 --utts_per_unit 10 # speaker units of 10 utterances
 
 Steps timed (train mode, Adam, the recipe's torchaudio RNN-T loss):
 
@@ -137,9 +138,9 @@ def main(argv=None):
     batch = make_batch(a.batch, a.vocab)
     utts = [f"u{i}" for i in range(a.batch)]
     utt2unit = {u: f"s{i // a.utts_per_unit}" for i, u in enumerate(utts)}
-    plan = {"unit": "speaker" if a.utts_per_unit > 1 else "utterance", "sampling": "poisson", "sample_rate": 0.01, "expected_batch_units": float(a.batch),
-            "clip_norm": a.clip, "noise_multiplier": a.sigma, "delta": 1e-5, "accountant": "rdp", "seed": None,
-            "per_example_method": a.method, "max_physical_batch_size": max(32, a.batch)}
+    plan = {"unit": "speaker" if a.utts_per_unit > 1 else "utterance", "sampling": "poisson", "sample_rate": 0.01,
+            "expected_batch_units": float(a.batch), "clip_norm": a.clip, "noise_multiplier": a.sigma, "delta": 1e-5,
+            "accountant": "rdp", "seed": None, "per_example_method": a.method, "max_physical_batch_size": max(32, a.batch)}
     rt = DpSgdRuntime(plan, utt2unit)
     rt.begin_epoch(dp, 1)
     t = Timer()
