@@ -140,7 +140,8 @@ def main(argv=None):
     utt2unit = {u: f"s{i // a.utts_per_unit}" for i, u in enumerate(utts)}
     plan = {"unit": "speaker" if a.utts_per_unit > 1 else "utterance", "sampling": "poisson", "sample_rate": 0.01,
             "expected_batch_units": float(a.batch), "clip_norm": a.clip, "noise_multiplier": a.sigma, "delta": 1e-5,
-            "accountant": "rdp", "seed": None, "per_example_method": a.method, "max_physical_batch_size": max(32, a.batch)}
+            "accountant": "rdp", "seed": None, "per_example_method": a.method,
+            "max_physical_batch_size": max(32, a.batch)}
     rt = DpSgdRuntime(plan, utt2unit)
     rt.begin_epoch(dp, 1)
     t = Timer()

@@ -233,8 +233,9 @@ def agreement_survey(inputs: Stage4Inputs, num_utts: int = 100, nbest: int = 8, 
                      withheld_utts: int = 120) -> dict:
     """Noise-free agreement of the teachers on ``num_utts`` public utterances (evenly spread). Nothing is released
     and nothing recorded. With ``withheld_words``, also the plurality's agreement on up to ``withheld_utts``
-    utterances whose true transcript (the data's text, evaluation only) holds one and as many without. With shadow teachers (trained on shards of public data, ``shadow=True``) the result is
-    public and may size the settings; with the real teachers it describes the sensitive votes: an operator
+    utterances whose true transcript (the data's text, evaluation only) holds one and as many without. With
+    shadow teachers (trained on shards of public data, ``shadow=True``) the result is public and may size the
+    settings; with the real teachers it describes the sensitive votes: an operator
     diagnostic that must never size a setting (PRIVACY.md)."""
     from espnet_pate.ensemble.lockstep import LockstepDecoder, NoiselessPlurality
     from espnet_pate.ensemble.own_transcripts import agreement_counts
