@@ -11,6 +11,7 @@ import pytest
 from scipy import optimize, stats
 
 from espnet_pate.privacy.plurality import (
+    DELTA_SHARE,
     ThresholdedPlurality,
     calibrate_plurality,
     expected_releases,
@@ -62,11 +63,11 @@ def test_threshold_too_low_for_the_queries_is_refused():
         plurality_cost(5.0, 6.0, 100, 1e-5)  # beta ~ 0.16: Q beta >> delta
 
 
-def test_calibration_fits_the_target_with_a_tenth_of_delta_for_the_threshold():
+def test_calibration_fits_the_target_with_a_fiftieth_of_delta_for_the_threshold():
     for eps, q in [(8.0, 40), (2.0, 25), (8.0, 1200)]:
         c = calibrate_plurality(eps, 1e-5, q)
         assert c.eps <= eps and c.eps == pytest.approx(eps, rel=1e-4)
-        assert c.delta_extra == pytest.approx(0.1e-5, rel=1e-6)  # several releases fit one ledger's delta
+        assert c.delta_extra == pytest.approx(0.02e-5, rel=1e-6)  # many releases fit one ledger's delta
         assert c.threshold == pytest.approx(plurality_threshold(c.sigma, q, 1e-5))
         slightly_less = plurality_cost(c.sigma * 0.999, plurality_threshold(c.sigma * 0.999, q, 1e-5), q, 1e-5)
         assert slightly_less.eps > eps  # the smallest sigma that fits
@@ -116,7 +117,7 @@ def test_threshold_releases_consensus_and_hides_a_single_teachers_string():
     assert rate == pytest.approx(expected_releases([38], sigma, t), abs=0.03)  # ~0.84
     lone = [agg.release(["secret name"] + [""] * 39) for _ in range(20000)]
     assert lone.count("secret name") == 0  # beta ~ 1.25e-7
-    assert plurality_beta(sigma, t) == pytest.approx(0.1 * delta / q, rel=1e-6)
+    assert plurality_beta(sigma, t) == pytest.approx(DELTA_SHARE * delta / q, rel=1e-6)
 
 
 def run_cli(*args):
