@@ -15,6 +15,7 @@ from espnet_pate.ensemble.pate_labeling import ConfigError, Stage4Inputs, run_st
 from espnet_pate.ensemble.pate_plan import expand_runs, load_config, release_names, resolve_entry  # noqa: E402
 from espnet_pate.ensemble.toy import write_toy_setup  # noqa: E402
 from espnet_pate.privacy.ledger import PrivacyLedger  # noqa: E402
+from espnet_pate.privacy.plurality import DELTA_SHARE  # noqa: E402
 from espnet_pate.report.privacy_json import read_privacy_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +176,7 @@ def test_a_used_name_with_new_settings_and_a_cost_that_cannot_fit_are_refused_be
         run_stage4({"runs": {"p": {**entry, "queries": 4}}}, inputs, ledger)
     assert (tmp_path / "pate/p/text").read_bytes() == text and not drawn
     # a plurality whose fixed cost would take the additive deltas to the ledger's delta: refused, nothing drawn
-    greedy = {**entry, "threshold_delta_share": 0.95}
+    greedy = {**entry, "threshold_delta_share": 1.0 - DELTA_SHARE / 2}  # the first took DELTA_SHARE
     with pytest.raises(BudgetExceededError, match="refused before decoding"):
         run_stage4({"runs": {"q": greedy}}, inputs, ledger)
     assert not drawn and len(ledger.releases) == 1 and ledger.releases[0].release_id == first["release_id"]
