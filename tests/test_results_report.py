@@ -139,6 +139,28 @@ def test_plots_are_written_beside_results(tree):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_the_wer_plot_has_a_colour_per_method_a_style_per_source_and_ticks_at_the_budgets_run():
+    from espnet_pate.report.results_plots import _figure, _series
+
+    def group(method, source, eps, wer):
+        return {"kind": "pate" if method.startswith("PATE") else "dpsgd", "method": method, "source": source,
+                "privacy": {"epsilon": eps}, "wer": {"test": (wer, 0.1)}}
+    groups = [group("DP-SGD full", "-", e, 7.0) for e in (0.1, 2, 7.92)]
+    groups += [group("PATE gnmax", s, e, 6.0) for s in ("public_unlabeled", "public_unlabeled_diff") for e in (2, 8)]
+    series = _series(groups, lambda g: g["wer"].get("test"))
+    assert list(series) == [("DP-SGD full", "-"), ("PATE gnmax", "public_unlabeled"),
+                            ("PATE gnmax", "public_unlabeled_diff")]
+    fig = _figure(series, "WER test %", "t", {"public-only (epsilon 0)": 6.4}, ["DP-SGD full", "PATE gnmax"])
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [0.1, 2.0, 8.0]
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    similar, diff = lines["PATE gnmax, public_unlabeled"], lines["PATE gnmax, public_unlabeled_diff"]
+    assert similar.get_color() == diff.get_color() != lines["DP-SGD full"].get_color()
+    assert similar.get_linestyle() != diff.get_linestyle()
+    legend = ax.get_legend()
+    assert legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # outside the axes: it hides no point
+
+
 def test_every_epsilon_matches_its_ledger_entry(tree):
     _write(tree)  # checks on write
     checked = check_results_against_ledger(tree["results"], tree["exp"], tree["ledger"].path, MODEL)

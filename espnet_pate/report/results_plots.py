@@ -16,7 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 __all__ = ["plot_paths", "write_plots"]
 
@@ -26,38 +26,53 @@ def plot_paths(results: Path) -> Tuple[Path, Path]:
     return Path(f"{stem}_wer_vs_epsilon.png"), Path(f"{stem}_labels_vs_epsilon.png")
 
 
-def _series(groups: List[Dict], value) -> Dict[str, List[Tuple[float, float, float]]]:
-    """{label: [(epsilon, mean, sd)]} of the private rows with a finite positive epsilon and a value."""
-    out: Dict[str, List[Tuple[float, float, float]]] = {}
+def _series(groups: List[Dict], value) -> Dict[Tuple[str, str], List[Tuple[float, float, float]]]:
+    """{(method, source): [(epsilon, mean, sd)]} of the private rows with a finite positive epsilon and a value."""
+    out: Dict[Tuple[str, str], List[Tuple[float, float, float]]] = {}
     for g in groups:
         eps, v = g["privacy"].get("epsilon"), value(g)
         if g["kind"] not in ("dpsgd", "pate", "other") or v is None or eps is None:
             continue
         if not (0 < float(eps) < math.inf):
             continue
-        label = g["method"] if g["source"] == "-" else f"{g['method']}, {g['source']}"
-        out.setdefault(label, []).append((float(eps), v[0], v[1]))
+        out.setdefault((g["method"], g["source"]), []).append((float(eps), v[0], v[1]))
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-def _draw(path: Path, series, ylabel: str, title: str, lines: Dict[str, float]) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, pts in series.items():
+def _figure(series, ylabel: str, title: str, lines: Dict[str, float], methods: List[str]):
+    """One colour per method, one line style per public audio source; the legend sits outside the axes so that
+    it hides no point, and the epsilon axis is labelled at the budgets that were run. ``methods`` fixes the colours,
+    the same in every plot."""
+    sources = sorted({s for _, s in series} - {"-"})  # "-": no public audio (DP-SGD), drawn solid
+    colours = plt.get_cmap("tab10")
+    styles = ("-", "--", "-.", ":")
+    fig, ax = plt.subplots(figsize=(9.0, 4.6))
+    for (method, source), pts in series.items():
         x, y, err = zip(*pts)
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        label, style = (method, "-") if source == "-" else (f"{method}, {source}", styles[sources.index(source) % 4])
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, color=colours(methods.index(method) % 10),
+                    linestyle=style)
     for (label, y), style in zip(lines.items(), ("--", ":")):
         ax.axhline(y, color="grey", linestyle=style, label=label)
     ax.set_xscale("log")
-    plain = FuncFormatter(lambda x, _: f"{x:g}")  # 0.5, 1, 2, 8 rather than powers of ten
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    # ticks at the budgets asked for: a released 7.92 or 3.999 sits at the 8 or 4 tick, not at a label of its own
+    budgets = sorted({float(f"{x:.1g}") for pts in series.values() for x, _, _ in pts})
+    if budgets:
+        ax.xaxis.set_major_locator(FixedLocator(budgets))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # 0.1, 1, 2, 8 rather than powers of ten
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("released epsilon (log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="major", alpha=0.3)
     if series or lines:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
+    return fig
+
+
+def _draw(path: Path, series, ylabel: str, title: str, lines: Dict[str, float], methods: List[str]) -> None:
+    fig = _figure(series, ylabel, title, lines, methods)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -69,8 +84,9 @@ def write_plots(groups: List[Dict], results: Path, set_name: str = "test") -> Tu
         w = next((g["wer"].get(set_name) for g in groups if g["kind"] == kind and g["wer"].get(set_name)), None)
         if w is not None:
             lines[label] = w[0]
+    methods = sorted({g["method"] for g in groups if g["kind"] in ("dpsgd", "pate", "other")})
     _draw(wer_png, _series(groups, lambda g: g["wer"].get(set_name)), f"WER {set_name} %",
-          f"{set_name} WER against the privacy budget", lines)
+          f"{set_name} WER against the privacy budget", lines, methods)
     _draw(labels_png, _series([g for g in groups if g["kind"] == "pate"], lambda g: g["labels"]),
-          "labelled utterances released", "PATE labels against the privacy budget", {})
+          "labelled utterances released", "PATE labels against the privacy budget", {}, methods)
     return wer_png, labels_png
