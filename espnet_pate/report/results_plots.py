@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
+from espnet_pate.report.results_rows import PRIVATE_KINDS  # noqa: E402
+
 __all__ = ["plot_paths", "write_plots"]
 
 
@@ -31,7 +33,7 @@ def _series(groups: List[Dict], value) -> Dict[Tuple[str, str], List[Tuple[float
     out: Dict[Tuple[str, str], List[Tuple[float, float, float]]] = {}
     for g in groups:
         eps, v = g["privacy"].get("epsilon"), value(g)
-        if g["kind"] not in ("dpsgd", "pate", "other") or v is None or eps is None:
+        if g["kind"] not in PRIVATE_KINDS or v is None or eps is None:
             continue
         if not (0 < float(eps) < math.inf):
             continue
@@ -49,7 +51,10 @@ def _figure(series, ylabel: str, title: str, lines: Dict[str, float], methods: L
     fig, ax = plt.subplots(figsize=(9.0, 4.6))
     for (method, source), pts in series.items():
         x, y, err = zip(*pts)
-        label, style = (method, "-") if source == "-" else (f"{method}, {source}", styles[sources.index(source) % 4])
+        if source == "-":
+            label, style = method, "-"
+        else:
+            label, style = f"{method}, {source}", styles[sources.index(source) % len(styles)]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, color=colours(methods.index(method) % 10),
                     linestyle=style)
     for (label, y), style in zip(lines.items(), ("--", ":")):
@@ -84,7 +89,7 @@ def write_plots(groups: List[Dict], results: Path, set_name: str = "test") -> Tu
         w = next((g["wer"].get(set_name) for g in groups if g["kind"] == kind and g["wer"].get(set_name)), None)
         if w is not None:
             lines[label] = w[0]
-    methods = sorted({g["method"] for g in groups if g["kind"] in ("dpsgd", "pate", "other")})
+    methods = sorted({g["method"] for g in groups if g["kind"] in PRIVATE_KINDS})
     _draw(wer_png, _series(groups, lambda g: g["wer"].get(set_name)), f"WER {set_name} %",
           f"{set_name} WER against the privacy budget", lines, methods)
     _draw(labels_png, _series([g for g in groups if g["kind"] == "pate"], lambda g: g["labels"]),

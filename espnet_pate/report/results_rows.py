@@ -23,8 +23,10 @@ from espnet_pate.report.privacy_json import PUBLIC_MECHANISMS, read_privacy_info
 
 SEED = re.compile(r"^(?P<base>.+)_seed(?P<seed>\d+)$")
 CLAIM_KEYS = ("mechanism", "epsilon", "delta", "unit", "accountant", "target_epsilon", "public_data")
+PRIVATE_KINDS = ("dpsgd", "pate", "other")  # released with a finite claim that the ledger must hold
 
-__all__ = ["SEED", "base_name", "collect_rows", "group_rows", "kind_of", "mean_sd", "read_scores", "relative_columns"]
+__all__ = ["PRIVATE_KINDS", "SEED", "base_name", "collect_rows", "group_rows", "kind_of", "mean_sd", "read_scores",
+           "relative_columns"]
 
 
 def base_name(system: str) -> str:

@@ -12,7 +12,7 @@ from espnet_pate.privacy.ledger import PrivacyLedger
 from espnet_pate.report.audit_table import audit_md
 from espnet_pate.report.ledger_check import ResultsLedgerMismatch, check_results_against_ledger
 from espnet_pate.report.results_plots import write_plots
-from espnet_pate.report.results_rows import collect_rows, group_rows, relative_columns
+from espnet_pate.report.results_rows import PRIVATE_KINDS, collect_rows, group_rows, relative_columns
 from espnet_pate.report.results_table import diagnostics_path, operator_md, results_md, survey_rows
 
 __all__ = ["write_tables"]
@@ -27,7 +27,7 @@ def write_tables(exp_root: Optional[Path], system_dirs: Sequence[Path], decode_d
     total = None
     if ledger and Path(ledger).exists():
         total = PrivacyLedger(ledger, create=False).summary()
-    elif any(g["kind"] in ("dpsgd", "pate", "other") for g in groups):
+    elif any(g["kind"] in PRIVATE_KINDS for g in groups):
         raise ResultsLedgerMismatch(f"private systems to report but no privacy ledger ({ledger}): their epsilons "
                                     "cannot be checked against it")
     results.write_text(results_md(groups, parts, command, total))
